@@ -50,11 +50,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"refusing to load {path}: it contains pickled code, not only tensors ({first}). "
-            "Re-save it as a state_dict (torch.save(model.state_dict(), path)) from a trusted environment"
-        ) from None
+        text = str(exc)
+        reason = text.split("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0].strip()
+        if "Unsupported global" in text:
+            raise CheckpointError(
+                f"refusing to load {path}: it contains pickled code, not only tensors ({reason.split('. ')[0]}). "
+                "Re-save it as a state_dict (torch.save(model.state_dict(), path)) from a trusted environment"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from None
     if not isinstance(payload, dict):

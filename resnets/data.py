@@ -120,7 +120,7 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def download_cifar10(root: str | Path) -> Path:
+def download_cifar10(root: str | Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> Path:
     """Download and extract the official CIFAR-10 python version into ``root`` (md5-checked)."""
     root = Path(root)
     target = root / "cifar-10-batches-py"
@@ -128,22 +128,23 @@ def download_cifar10(root: str | Path) -> Path:
         return target
     root.mkdir(parents=True, exist_ok=True)
     archive = root / "cifar-10-python.tar.gz"
-    if not archive.is_file() or md5sum(archive) != CIFAR10_MD5:
-        log.info("downloading %s", CIFAR10_URL)
+    if not archive.is_file() or md5sum(archive) != md5:
+        log.info("downloading %s", url)
         with tempfile.NamedTemporaryFile(dir=root, delete=False) as tmp:
             try:
-                with urllib.request.urlopen(CIFAR10_URL, timeout=60) as response:
+                with urllib.request.urlopen(url, timeout=60) as response:
                     shutil.copyfileobj(response, tmp)
             except OSError as exc:
                 Path(tmp.name).unlink(missing_ok=True)
                 raise DataLayoutError(
-                    f"could not download {CIFAR10_URL}: {exc}. Without internet, use an ImageFolder "
+                    f"could not download {url}: {exc}. Without internet, use an ImageFolder "
                     "copy such as ../shared/data/cifar-10-jpg"
                 ) from None
         got = md5sum(Path(tmp.name))
-        if got != CIFAR10_MD5:
+        if got != md5:
             Path(tmp.name).unlink()
-            raise DataLayoutError(f"downloaded CIFAR-10 has md5 {got}, expected {CIFAR10_MD5}; try again")
+            raise DataLayoutError(f"downloaded {url} has md5 {got}, expected {md5}; the download is "
+                                  "corrupt or not the official file: try again")
         Path(tmp.name).replace(archive)
     with tarfile.open(archive) as tar:
         tar.extractall(root, filter="data")

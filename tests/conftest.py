@@ -1,0 +1,53 @@
+"""Shared fixtures: the ../shared data beside the checkout (skipped with a reason when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("RESNET_SERVE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+CIFAR_JPG = SHARED_DATA / "cifar-10-jpg"
+CIFAR_EXACT = SHARED_DATA / "cifar-10-exact-subset"
+IMAGENET_SAMPLE = SHARED_DATA / "imagenet-sample"
+CHECKPOINTS = REPO_ROOT / "checkpoints"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the shared data set lives in ../shared/data beside the checkout; "
+                    "set RESNET_SERVE_SHARED_DATA to point elsewhere)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_jpg() -> Path:
+    return _require(CIFAR_JPG)
+
+
+@pytest.fixture(scope="session")
+def cifar_exact() -> Path:
+    return _require(CIFAR_EXACT)
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample() -> Path:
+    return _require(IMAGENET_SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def cifar_test_set(cifar_jpg):
+    """The whole cifar-10-jpg test split, decoded once per test session."""
+    from resnets.data import load_cifar10
+
+    return load_cifar10(cifar_jpg, "test")
+
+
+@pytest.fixture(scope="session")
+def resnet20_checkpoint() -> Path:
+    path = CHECKPOINTS / "resnet20.pt"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the trained ResNet-20 checkpoint is committed with the project")
+    return path
