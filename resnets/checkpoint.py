@@ -45,8 +45,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with errors that say what is wrong with the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; train one with `python -m resnets.train` "
-                              "or use one of checkpoints/*.pt")
+        raise CheckpointError(
+            f"checkpoint {path} not found; train one with `python -m resnets.train` or use one of checkpoints/*.pt"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -83,9 +84,14 @@ def load_checkpoint(path: str | Path, arch: str | None = None) -> tuple[ResNet, 
     elif all(isinstance(v, torch.Tensor) for v in payload.values()):
         if arch is None:
             raise CheckpointError(f"{path} is a bare state_dict; name its architecture (--arch)")
-        ckpt = {"format": "state_dict", "arch": arch, "state_dict": payload, "meta": {},
-                "shortcut": arch_spec(arch).shortcut,
-                "num_classes": _num_classes(payload, arch_spec(arch).dataset.num_classes)}
+        ckpt = {
+            "format": "state_dict",
+            "arch": arch,
+            "state_dict": payload,
+            "meta": {},
+            "shortcut": arch_spec(arch).shortcut,
+            "num_classes": _num_classes(payload, arch_spec(arch).dataset.num_classes),
+        }
     else:
         raise CheckpointError(
             f"{path} is neither a resnet-serve checkpoint (keys arch, state_dict, meta) nor a "

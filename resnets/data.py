@@ -81,8 +81,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int
         loose = [p.name for p in root.iterdir() if p.is_file()][:3]
         hint = f" (found files such as {', '.join(loose)} directly in it)" if loose else ""
         raise DataLayoutError(
-            f"{root} has no class sub-directories{hint}; expected ROOT/<class>/<image files>, "
-            "one folder per class"
+            f"{root} has no class sub-directories{hint}; expected ROOT/<class>/<image files>, one folder per class"
         )
     samples = []
     for index, name in enumerate(classes):
@@ -143,8 +142,10 @@ def download_cifar10(root: str | Path, url: str = CIFAR10_URL, md5: str = CIFAR1
         got = md5sum(Path(tmp.name))
         if got != md5:
             Path(tmp.name).unlink()
-            raise DataLayoutError(f"downloaded {url} has md5 {got}, expected {md5}; the download is "
-                                  "corrupt or not the official file: try again")
+            raise DataLayoutError(
+                f"downloaded {url} has md5 {got}, expected {md5}; the download is "
+                "corrupt or not the official file: try again"
+            )
         Path(tmp.name).replace(archive)
     with tarfile.open(archive) as tar:
         tar.extractall(root, filter="data")

@@ -37,9 +37,7 @@ def accuracy_report(logits: np.ndarray, labels: np.ndarray, classes: list[str]) 
     """top1/top5 in percent plus per-class top-1, from logits and labels."""
     top1, top5 = topk_correct(logits, labels)
     per_class = {
-        name: round(100.0 * float(top1[labels == i].mean()), 2)
-        for i, name in enumerate(classes)
-        if (labels == i).any()
+        name: round(100.0 * float(top1[labels == i].mean()), 2) for i, name in enumerate(classes) if (labels == i).any()
     }
     return {
         "n": int(len(labels)),
@@ -70,8 +68,16 @@ def predict_arrays(
     return torch.cat(outputs).numpy()
 
 
-def evaluate_model(model, images: torch.Tensor, labels: np.ndarray, classes: list[str], spec, *,
-                   batch_size: int = 500, device: str = "cpu") -> dict:
+def evaluate_model(
+    model,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    classes: list[str],
+    spec,
+    *,
+    batch_size: int = 500,
+    device: str = "cpu",
+) -> dict:
     """Accuracy report plus throughput (img/s over the whole pass, preprocessing included)."""
     start = time.perf_counter()
     logits = predict_arrays(model, images, spec, batch_size=batch_size, device=device)
@@ -102,8 +108,12 @@ def evaluate_image_folder(model, root: Path, spec, *, batch_size: int, device: s
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m resnets.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--data-dir", required=True, type=Path,
-                   help="CIFAR-10 (ImageFolder tree or official pickles) or an ImageFolder for ImageNet nets")
+    p.add_argument(
+        "--data-dir",
+        required=True,
+        type=Path,
+        help="CIFAR-10 (ImageFolder tree or official pickles) or an ImageFolder for ImageNet nets",
+    )
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--arch", help="architecture, required only for a bare state_dict")
     p.add_argument("--batch-size", type=int, default=500)
@@ -126,12 +136,20 @@ def main(argv=None) -> int:
             images, labels = data.images, data.labels
             if args.limit:
                 images, labels = images[: args.limit], labels[: args.limit]
-            report = evaluate_model(model, to_tensor_nchw(images), labels, data.classes, spec,
-                                    batch_size=args.batch_size, device=args.device)
+            report = evaluate_model(
+                model,
+                to_tensor_nchw(images),
+                labels,
+                data.classes,
+                spec,
+                batch_size=args.batch_size,
+                device=args.device,
+            )
         else:
             root = args.data_dir / args.split if (args.data_dir / args.split).is_dir() else args.data_dir
-            report = evaluate_image_folder(model, root, spec, batch_size=args.batch_size,
-                                           device=args.device, workers=args.workers)
+            report = evaluate_image_folder(
+                model, root, spec, batch_size=args.batch_size, device=args.device, workers=args.workers
+            )
     except (CheckpointError, DataLayoutError, ImageError) as exc:
         log.error("%s", exc)
         return 2

@@ -149,7 +149,7 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet" else None
-        for i, (blocks, width) in enumerate(zip(layers, widths)):
+        for i, (blocks, width) in enumerate(zip(layers, widths, strict=True)):
             stride = 1 if i == 0 else 2
             setattr(self, f"layer{i + 1}", self._make_layer(block, width, blocks, stride))
         self.num_stages = len(layers)
@@ -165,9 +165,7 @@ class ResNet(nn.Module):
             if self.shortcut == "A":
                 downsample = ZeroPadShortcut(self.in_planes, out_planes, stride)
             else:
-                downsample = nn.Sequential(
-                    conv1x1(self.in_planes, out_planes, stride), nn.BatchNorm2d(out_planes)
-                )
+                downsample = nn.Sequential(conv1x1(self.in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
         residual = self.shortcut != "none"
         layers = [block(self.in_planes, planes, stride, downsample, residual)]
         self.in_planes = out_planes
@@ -238,16 +236,32 @@ def _register(spec: ArchSpec) -> None:
 
 for _depth in (20, 32, 44, 56, 110, 1202):
     _n = (_depth - 2) // 6
-    _register(ArchSpec(
-        f"resnet{_depth}", CIFAR10, BasicBlock, (_n, _n, _n), (16, 32, 64), "cifar", "A",
-        f"CIFAR-10 ResNet-{_depth} (n={_n}, option A shortcuts by default)",
-    ))
+    _register(
+        ArchSpec(
+            f"resnet{_depth}",
+            CIFAR10,
+            BasicBlock,
+            (_n, _n, _n),
+            (16, 32, 64),
+            "cifar",
+            "A",
+            f"CIFAR-10 ResNet-{_depth} (n={_n}, option A shortcuts by default)",
+        )
+    )
 for _depth in (20, 32, 44, 56):
     _n = (_depth - 2) // 6
-    _register(ArchSpec(
-        f"plain{_depth}", CIFAR10, BasicBlock, (_n, _n, _n), (16, 32, 64), "cifar", "none",
-        f"CIFAR-10 plain-{_depth}: the ResNet-{_depth} layers without shortcuts",
-    ))
+    _register(
+        ArchSpec(
+            f"plain{_depth}",
+            CIFAR10,
+            BasicBlock,
+            (_n, _n, _n),
+            (16, 32, 64),
+            "cifar",
+            "none",
+            f"CIFAR-10 plain-{_depth}: the ResNet-{_depth} layers without shortcuts",
+        )
+    )
 for _depth, _block, _layers in (
     (18, BasicBlock, (2, 2, 2, 2)),
     (34, BasicBlock, (3, 4, 6, 3)),
@@ -255,10 +269,18 @@ for _depth, _block, _layers in (
     (101, Bottleneck, (3, 4, 23, 3)),
     (152, Bottleneck, (3, 8, 36, 3)),
 ):
-    _register(ArchSpec(
-        f"resnet{_depth}", IMAGENET, _block, _layers, (64, 128, 256, 512), "imagenet", "B",
-        f"ImageNet ResNet-{_depth} (V1.5, torchvision state_dict keys)",
-    ))
+    _register(
+        ArchSpec(
+            f"resnet{_depth}",
+            IMAGENET,
+            _block,
+            _layers,
+            (64, 128, 256, 512),
+            "imagenet",
+            "B",
+            f"ImageNet ResNet-{_depth} (V1.5, torchvision state_dict keys)",
+        )
+    )
 
 
 class UnknownArchError(KeyError):
@@ -275,9 +297,7 @@ def arch_spec(name: str) -> ArchSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UnknownArchError(
-            f"unknown architecture {name!r}; available: {', '.join(available())}"
-        ) from None
+        raise UnknownArchError(f"unknown architecture {name!r}; available: {', '.join(available())}") from None
 
 
 def build(name: str, num_classes: int | None = None, **kwargs) -> ResNet:
@@ -305,4 +325,3 @@ def build(name: str, num_classes: int | None = None, **kwargs) -> ResNet:
         shortcut=shortcut,
         **kwargs,
     )
-

@@ -21,7 +21,16 @@ OUTPUT_NAME = "logits"
 IMAGE_BYTES_NAME = "image"  # encoded image bytes fed to the ensemble / preprocess model
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 
 # Decoding guards: a tiny file may declare a huge canvas (decompression bomb).
@@ -62,9 +71,7 @@ class DatasetSpec:
         table = json.loads(Path(class_index).read_text())
         names = [table[str(i)][1] for i in range(len(table))]
         if len(names) != self.num_classes:
-            raise ValueError(
-                f"{class_index} has {len(names)} classes, expected {self.num_classes} for {self.name}"
-            )
+            raise ValueError(f"{class_index} has {len(names)} classes, expected {self.num_classes} for {self.name}")
         return names
 
 

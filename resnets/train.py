@@ -68,8 +68,18 @@ class Recipe:
         paper = Recipe(arch=self.arch)
         return [
             f"{name}={getattr(self, name)!r} (paper: {getattr(paper, name)!r})"
-            for name in ("batch_size", "lr", "momentum", "weight_decay", "nesterov", "schedule",
-                         "milestones", "warmup_lr", "label_smoothing", "shortcut")
+            for name in (
+                "batch_size",
+                "lr",
+                "momentum",
+                "weight_decay",
+                "nesterov",
+                "schedule",
+                "milestones",
+                "warmup_lr",
+                "label_smoothing",
+                "shortcut",
+            )
             if getattr(self, name) != getattr(paper, name)
         ] + ([f"epochs={self.epochs} (paper: 64k iterations)"] if self.epochs is not None else [])
 
@@ -89,9 +99,13 @@ def parse_args(argv):
     p.add_argument("--arch", default="resnet20", help="a CIFAR architecture from resnets.available()")
     p.add_argument("--shortcut", choices=("A", "B"), help="shortcut option (default: the architecture's, A)")
     p.add_argument("--epochs", type=int, help="default: the paper's 64k iterations (164 epochs)")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="CIFAR-10 data (ImageFolder tree or official pickles); default: "
-                        "$RESNET_SERVE_CIFAR_DIR, ../shared/data/cifar-10-jpg or data/cifar-10")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="CIFAR-10 data (ImageFolder tree or official pickles); default: "
+        "$RESNET_SERVE_CIFAR_DIR, ../shared/data/cifar-10-jpg or data/cifar-10",
+    )
     p.add_argument("--download", action="store_true", help="download the official CIFAR-10 into --data-dir")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (fast on GPUs and AMX/AVX512-bf16 CPUs)")
@@ -114,9 +128,17 @@ def parse_args(argv):
 
 def recipe_from_args(args) -> Recipe:
     return Recipe(
-        arch=args.arch, shortcut=args.shortcut, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, nesterov=args.nesterov, schedule=args.schedule,
-        label_smoothing=args.label_smoothing, warmup_iters=args.warmup_iters, seed=args.seed,
+        arch=args.arch,
+        shortcut=args.shortcut,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        nesterov=args.nesterov,
+        schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
+        warmup_iters=args.warmup_iters,
+        seed=args.seed,
     )
 
 
@@ -134,8 +156,10 @@ def train(args) -> int:
     recipe = recipe_from_args(args)
     spec = arch_spec(recipe.arch)
     if spec.dataset.name != "cifar10":
-        raise ValueError(f"{recipe.arch} is an ImageNet architecture; this trainer implements the paper's "
-                         "CIFAR-10 recipe (use a CIFAR net: resnet20..resnet1202, plain20..plain56)")
+        raise ValueError(
+            f"{recipe.arch} is an ImageNet architecture; this trainer implements the paper's "
+            "CIFAR-10 recipe (use a CIFAR net: resnet20..resnet1202, plain20..plain56)"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -156,8 +180,13 @@ def train(args) -> int:
 
     shortcut = recipe.shortcut or spec.shortcut
     model = build(recipe.arch, shortcut=shortcut).to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=recipe.nesterov,
+    )
     epochs = recipe.total_epochs(len(train_set))
     generator = torch.Generator().manual_seed(recipe.seed)
     train_images = to_tensor_nchw(train_set.images, device)
@@ -183,8 +212,15 @@ def train(args) -> int:
         start_epoch, history, elapsed_before = state["epoch"], state["history"], state["elapsed_s"]
         log.info("resuming %s from epoch %d", state_path, start_epoch)
 
-    log.info("training %s (%s shortcuts) for %d epochs (%d iterations) on %s%s",
-             recipe.arch, shortcut, epochs, total_iters, device, " with bf16 autocast" if amp_dtype else "")
+    log.info(
+        "training %s (%s shortcuts) for %d epochs (%d iterations) on %s%s",
+        recipe.arch,
+        shortcut,
+        epochs,
+        total_iters,
+        device,
+        " with bf16 autocast" if amp_dtype else "",
+    )
     test_images = to_tensor_nchw(test_set.images)
     wall_start = time.perf_counter()
     for epoch in range(start_epoch, epochs):
@@ -222,14 +258,30 @@ def train(args) -> int:
         history.append(record)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        log.info("epoch %d/%d  loss %.4f  train err %.2f%%  test top-1 %.2f%%  top-5 %.2f%%  (%.0f s, %.0f img/s)",
-                 epoch + 1, epochs, record["train_loss"], record["train_error"], test["top1"], test["top5"],
-                 train_seconds, record["train_img_s"])
-        torch.save({
-            "recipe": _jsonable(asdict(recipe)), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
-            "history": history, "elapsed_s": elapsed_before + time.perf_counter() - wall_start,
-        }, out / "last.pt.tmp")
+        log.info(
+            "epoch %d/%d  loss %.4f  train err %.2f%%  test top-1 %.2f%%  top-5 %.2f%%  (%.0f s, %.0f img/s)",
+            epoch + 1,
+            epochs,
+            record["train_loss"],
+            record["train_error"],
+            test["top1"],
+            test["top5"],
+            train_seconds,
+            record["train_img_s"],
+        )
+        torch.save(
+            {
+                "recipe": _jsonable(asdict(recipe)),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch + 1,
+                "history": history,
+                "elapsed_s": elapsed_before + time.perf_counter() - wall_start,
+            },
+            out / "last.pt.tmp",
+        )
         (out / "last.pt.tmp").replace(state_path)
 
     wall_s = elapsed_before + time.perf_counter() - wall_start
@@ -250,8 +302,17 @@ def train(args) -> int:
     ckpt_path = save_checkpoint(out / f"{recipe.arch}.pt", model, recipe.arch, shortcut=shortcut, meta=meta)
     card = write_model_card(out / f"{recipe.arch}.md", recipe.arch, meta, history)
     log.info("wrote %s and %s: test top-1 %.2f%% top-5 %.2f%%", ckpt_path, card, final["top1"], final["top5"])
-    print(json.dumps({"checkpoint": str(ckpt_path), "top1": final["top1"], "top5": final["top5"],
-                      "n": final["n"], "wall_time_s": meta["wall_time_s"]}))
+    print(
+        json.dumps(
+            {
+                "checkpoint": str(ckpt_path),
+                "top1": final["top1"],
+                "top5": final["top5"],
+                "n": final["n"],
+                "wall_time_s": meta["wall_time_s"],
+            }
+        )
+    )
     return 0
 
 
@@ -297,8 +358,10 @@ def write_model_card(path: Path, arch: str, meta: dict, history: list[dict]) -> 
     ]
     for rec in history:
         if rec["epoch"] % 10 == 0 or rec is history[-1]:
-            lines.append(f"| {rec['epoch']} | {rec['lr']:g} | {rec['train_loss']:.4f} | {rec['train_error']:.2f} "
-                         f"| {rec['test_top1']:.2f} | {rec['test_top5']:.2f} |")
+            lines.append(
+                f"| {rec['epoch']} | {rec['lr']:g} | {rec['train_loss']:.4f} | {rec['train_error']:.2f} "
+                f"| {rec['test_top1']:.2f} | {rec['test_top5']:.2f} |"
+            )
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -17,8 +17,10 @@ CHECKPOINTS = REPO_ROOT / "checkpoints"
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"{path} is absent (the shared data set lives in ../shared/data beside the checkout; "
-                    "set RESNET_SERVE_SHARED_DATA to point elsewhere)")
+        pytest.skip(
+            f"{path} is absent (the shared data set lives in ../shared/data beside the checkout; "
+            "set RESNET_SERVE_SHARED_DATA to point elsewhere)"
+        )
     return path
 
 

@@ -31,7 +31,7 @@ def test_shared_jpeg_tree_loads_in_official_order(cifar_jpg, cifar_exact, cifar_
     first_of_class = np.searchsorted(test.labels, np.arange(10))
     seen = np.zeros(10, np.int64)
     errors = []
-    for image, label in zip(exact[:200], labels[:200]):
+    for image, label in zip(exact[:200], labels[:200], strict=True):
         decoded = test.images[first_of_class[label] + seen[label]]
         seen[label] += 1
         errors.append(np.abs(decoded.astype(np.int16) - image).mean())
@@ -90,10 +90,13 @@ def make_image_folder(root, sizes_modes):
 
 
 def test_synthetic_image_folder(tmp_path):
-    make_image_folder(tmp_path, {
-        "cats": [((300, 200), "RGB", "jpg"), ((64, 500), "L", "png")],
-        "dogs": [((256, 256), "RGBA", "png"), ((1000, 300), "CMYK", "jpg"), ((260, 300), "RGB", "webp")],
-    })
+    make_image_folder(
+        tmp_path,
+        {
+            "cats": [((300, 200), "RGB", "jpg"), ((64, 500), "L", "png")],
+            "dogs": [((256, 256), "RGBA", "png"), ((1000, 300), "CMYK", "jpg"), ((260, 300), "RGB", "webp")],
+        },
+    )
     ds = ImageFolderDataset(tmp_path, IMAGENET)
     assert ds.classes == ["cats", "dogs"] and len(ds) == 5
     labels = [ds[i][1] for i in range(len(ds))]
@@ -146,7 +149,9 @@ def test_augmentation_is_pad_crop_flip():
     for i in range(len(x)):
         candidates = [
             (padded[i, :, dy : dy + 32, dx : dx + 32], flip)
-            for dy in range(9) for dx in range(9) for flip in (False, True)
+            for dy in range(9)
+            for dx in range(9)
+            for flip in (False, True)
         ]
         matches = [flip for crop, flip in candidates if torch.equal(crop.flip(-1) if flip else crop, y[i])]
         assert matches, f"sample {i} is not a crop (+ optional flip) of the padded input"

@@ -28,8 +28,17 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name, paper_millions", [("resnet20", 0.27), ("resnet32", 0.46), ("resnet44", 0.66),
-                                                  ("resnet56", 0.85), ("resnet110", 1.7), ("resnet1202", 19.4)])
+@pytest.mark.parametrize(
+    "name, paper_millions",
+    [
+        ("resnet20", 0.27),
+        ("resnet32", 0.46),
+        ("resnet44", 0.66),
+        ("resnet56", 0.85),
+        ("resnet110", 1.7),
+        ("resnet1202", 19.4),
+    ],
+)
 def test_cifar_parameter_counts_match_the_paper(name, paper_millions):
     # Table 6 of the paper gives two significant digits
     assert round(n_params(resnets.build(name)) / 1e6, 2 if paper_millions < 1 else 1) == paper_millions
@@ -60,13 +69,16 @@ def torchvision_resnet_keys(block: str, layers: tuple[int, ...]) -> list[str]:
     return keys + ["fc.weight", "fc.bias"]
 
 
-@pytest.mark.parametrize("name, block, layers, params", [
-    ("resnet18", "basic", (2, 2, 2, 2), 11_689_512),
-    ("resnet34", "basic", (3, 4, 6, 3), 21_797_672),
-    ("resnet50", "bottleneck", (3, 4, 6, 3), 25_557_032),
-    ("resnet101", "bottleneck", (3, 4, 23, 3), 44_549_160),
-    ("resnet152", "bottleneck", (3, 8, 36, 3), 60_192_808),
-])
+@pytest.mark.parametrize(
+    "name, block, layers, params",
+    [
+        ("resnet18", "basic", (2, 2, 2, 2), 11_689_512),
+        ("resnet34", "basic", (3, 4, 6, 3), 21_797_672),
+        ("resnet50", "bottleneck", (3, 4, 6, 3), 25_557_032),
+        ("resnet101", "bottleneck", (3, 4, 23, 3), 44_549_160),
+        ("resnet152", "bottleneck", (3, 8, 36, 3), 60_192_808),
+    ],
+)
 def test_imagenet_resnets_have_torchvision_keys_and_counts(name, block, layers, params):
     model = resnets.build(name)
     assert list(model.state_dict()) == torchvision_resnet_keys(block, layers)
@@ -79,8 +91,11 @@ def test_resnet50_is_v1_5_stride_on_the_3x3():
 
 
 def test_option_a_adds_no_parameters_option_b_does():
-    a, b, plain = (resnets.build("resnet20", shortcut="A"), resnets.build("resnet20", shortcut="B"),
-                   resnets.build("plain20"))
+    a, b, plain = (
+        resnets.build("resnet20", shortcut="A"),
+        resnets.build("resnet20", shortcut="B"),
+        resnets.build("plain20"),
+    )
     assert n_params(a) == n_params(plain)
     # option B: a 1x1 conv + BN at the two dimension changes (16->32, 32->64)
     assert n_params(b) - n_params(a) == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)

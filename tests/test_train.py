@@ -20,8 +20,20 @@ def test_paper_schedule_divides_at_32k_and_48k():
 
 def test_short_training_run_writes_checkpoint_log_and_card_and_resumes(tmp_path, cifar_jpg):
     out = tmp_path / "run"
-    common = ["--arch", "resnet20", "--data-dir", str(cifar_jpg), "--out", str(out),
-              "--limit-train", "1024", "--limit-test", "500", "--threads", "2"]
+    common = [
+        "--arch",
+        "resnet20",
+        "--data-dir",
+        str(cifar_jpg),
+        "--out",
+        str(out),
+        "--limit-train",
+        "1024",
+        "--limit-test",
+        "500",
+        "--threads",
+        "2",
+    ]
     assert train.main(common + ["--epochs", "1"]) == 0
     assert train.main(common + ["--epochs", "1"]) == 0  # same recipe, already complete: no new epoch
     log_lines = (out / "log.jsonl").read_text().splitlines()
@@ -40,8 +52,20 @@ def test_short_training_run_writes_checkpoint_log_and_card_and_resumes(tmp_path,
 
 def test_resume_continues_from_last_epoch(tmp_path, cifar_jpg):
     out = tmp_path / "run"
-    args = ["--arch", "resnet20", "--data-dir", str(cifar_jpg), "--out", str(out), "--epochs", "2",
-            "--limit-train", "512", "--limit-test", "200"]
+    args = [
+        "--arch",
+        "resnet20",
+        "--data-dir",
+        str(cifar_jpg),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--limit-train",
+        "512",
+        "--limit-test",
+        "200",
+    ]
     real_evaluate = train.evaluate_model
     calls = []
 
