@@ -1,0 +1,266 @@
+"""Export: ONNX parity, the option-A rewrite, fusion counts, INT8 accuracy, TensorRT-ready graphs, errors."""
+
+from __future__ import annotations
+
+import builtins
+import importlib.util
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import resnets
+from export import EngineError, load_engine
+from export import __main__ as export_cli
+from export.build import ExportBuilder, ExportConfig
+from export.fusion import onnx_graph_counts, source_graph
+from export.onnx_export import export_onnx, fold_conv_bn, prepare_for_export, zero_pad_as_conv
+from export.runtime import OnnxRuntimeEngine
+from resnets.models import ZeroPadShortcut
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BN statistics so folding is really exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+    return model.eval()
+
+
+def test_option_a_rewrite_is_the_same_function():
+    shortcut = ZeroPadShortcut(16, 32, 2)
+    conv = zero_pad_as_conv(shortcut)
+    x = torch.randn(4, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(conv(x), shortcut(x))  # exact: weights are 1 and 0
+    assert conv.weight.shape == (32, 16, 1, 1) and conv.stride == (2, 2) and conv.bias is None
+
+
+def test_bn_folding_and_prepared_model_match_pytorch():
+    conv, bn = torch.nn.Conv2d(8, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16)
+    randomize_bn(bn)
+    x = torch.randn(2, 8, 10, 10)
+    with torch.no_grad():
+        assert torch.allclose(fold_conv_bn(conv, bn)(x), bn(conv(x)), atol=1e-5)
+    for arch in ("resnet20", "resnet50"):
+        model = randomize_bn(resnets.build(arch))
+        side = resnets.arch_spec(arch).dataset.image_size
+        prepared = prepare_for_export(model)
+        assert not any(isinstance(m, (torch.nn.BatchNorm2d, ZeroPadShortcut)) for m in prepared.modules())
+        x = torch.randn(2, 3, side, side)
+        with torch.no_grad():
+            got, expected = prepared(x), model(x)
+        # relative to the logit scale: random BN statistics make ResNet-50's logits large
+        assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+@pytest.mark.parametrize("arch, residual_adds", [("resnet20", 9), ("resnet50", 16)])
+def test_ort_fp32_folds_bn_and_fuses_every_residual_add_with_its_relu(tmp_path, arch, residual_adds):
+    model = randomize_bn(resnets.build(arch))
+    spec = resnets.arch_spec(arch).dataset
+    path = export_onnx(prepare_for_export(model), tmp_path / "model.onnx", spec.input_shape)
+    exported = onnx.load(str(path))
+    assert exported.opset_import[0].version >= 17
+    assert exported.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    optimized = tmp_path / "optimized.onnx"
+    engine = OnnxRuntimeEngine(path, threads=2, optimized_model_path=optimized)
+    counts = onnx_graph_counts(optimized, "ort", len(source_graph(path)["adds"]))
+    assert counts.residual_adds_in_source == residual_adds
+    assert counts.batchnorm == 0
+    assert counts.standalone_add == 0 and counts.standalone_relu == 0
+    assert counts.conv_add_relu_fused == residual_adds  # every residual add sits in a conv, with its ReLU
+    assert counts.all_residual_adds_fused
+    x = np.random.default_rng(0).standard_normal((3, *spec.input_shape), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert np.abs(engine.infer(x) - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_ort_folds_batchnorm_left_in_the_graph(tmp_path):
+    """An ONNX that still has BatchNormalization (the legacy exporter without constant folding): ORT folds it."""
+    model = randomize_bn(resnets.build("resnet20"))
+    path = tmp_path / "with_bn.onnx"
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, 32, 32),),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+        do_constant_folding=False,
+    )
+    assert source_graph(path)["batchnorm"] == 19
+    OnnxRuntimeEngine(path, threads=1, optimized_model_path=tmp_path / "opt.onnx")
+    assert onnx_graph_counts(tmp_path / "opt.onnx", "ort", 9).batchnorm == 0
+
+
+@pytest.fixture(scope="module")
+def exported_resnet20(tmp_path_factory, resnet20_checkpoint, cifar_jpg):
+    """The committed ResNet-20 through the whole export: all CPU engines, INT8 with every calibration
+    method, TensorRT-ready graphs, evaluated on the full cifar-10-jpg test split."""
+    out = tmp_path_factory.mktemp("export") / "resnet20"
+    config = ExportConfig(
+        checkpoint=resnet20_checkpoint,
+        out=out,
+        calibration_data=cifar_jpg / "train",
+        calibration_method="auto",
+        eval_data=cifar_jpg,
+        threads=2,
+    )
+    return ExportBuilder(config).run()
+
+
+def test_ort_fp32_parity_with_pytorch_on_the_whole_test_split(exported_resnet20):
+    parity = exported_resnet20["parity"]["onnxruntime-fp32"]
+    assert exported_resnet20["accuracy"]["n"] == 10_000
+    assert parity["max_abs_logit_diff"] <= 1e-4
+    assert parity["top1_agreement_pct"] == 100.0
+    results = exported_resnet20["accuracy"]["results"]
+    assert results["onnxruntime-fp32"]["top1"] == results["pytorch-fp32"]["top1"]
+    assert exported_resnet20["parity"]["openvino-fp32"]["max_abs_logit_diff"] <= 1e-3
+
+
+def test_int8_engines_within_half_a_point_of_fp32(exported_resnet20):
+    results = exported_resnet20["accuracy"]["results"]
+    fp32 = results["pytorch-fp32"]["top1"]
+    for name in ("onnxruntime-int8", "openvino-int8"):
+        assert results[name]["precision"] == "int8"
+        assert abs(results[name]["top1"] - fp32) <= 0.5, (name, results[name])
+    # the kept calibration method is the one with the best held-out (training image) agreement
+    calibration = next(a for a in exported_resnet20["artifacts"] if a["name"] == "onnxruntime-int8")["calibration"]
+    best = max(calibration["candidates"], key=lambda m: calibration["candidates"][m]["held_out_agreement"])
+    assert calibration["method"] == best
+
+
+def test_fusion_report_of_every_engine(exported_resnet20):
+    rows = {row["graph"].split(" (")[0]: row for row in exported_resnet20["fusion"]}
+    fp32 = rows["onnxruntime-fp32"]
+    assert fp32["batchnorm"] == 0 and fp32["all_residual_adds_fused"] and fp32["conv_add_relu_fused"] == 9
+    int8 = rows["onnxruntime-int8"]
+    assert int8["quantized_convs"] == int8["convs"] == 21 and int8["quantized_adds"] == 9  # QLinearAdd
+    assert int8["standalone_add"] == 0 and int8["standalone_relu"] == 0
+    ov = rows["openvino-fp32"]
+    assert ov["batchnorm"] == 0 and ov["all_residual_adds_fused"]
+    ov8 = rows["openvino-int8"]
+    assert ov8["quantized_convs"] == 21 and ov8["conv_add_relu_fused"] == 9
+
+
+def test_tensorrt_ready_graphs(exported_resnet20):
+    results = exported_resnet20["accuracy"]["results"]
+    fp32 = results["pytorch-fp32"]["top1"]
+    for name in ("tensorrt-ready-fp16 (on onnxruntime)", "tensorrt-ready-int8 (on onnxruntime)"):
+        assert abs(results[name]["top1"] - fp32) <= 0.5, (name, results[name])
+    qdq = exported_resnet20["tensorrt"]["int8_qdq"]
+    assert qdq["all_zero_points_zero"] and qdq["activation_dtype"] == "int8"
+    assert qdq["per_channel_conv_weights"] == qdq["convs"] == 21
+    assert qdq["residual_adds_with_qdq_inputs"] == qdq["residual_adds"] == 9
+    recipe = json.loads(open(exported_resnet20["tensorrt"]["recipe"]).read())
+    assert "--stronglyTyped" in recipe["commands"]["int8"]
+    assert recipe["profile"]["max"] == "input:256x3x32x32"
+
+
+def test_engine_api(exported_resnet20):
+    directory = next(a["path"] for a in exported_resnet20["artifacts"] if a["name"] == "openvino-int8")
+    engine = load_engine(directory, threads=1)
+    info = engine.info()
+    assert info["engine"] == "openvino" and info["precision"] == "int8" and info["threads"] == 1
+    assert info["input_shape"] == [-1, 3, 32, 32] and info["input_dtype"] == "float32"
+    assert engine.infer(np.zeros((5, 3, 32, 32), np.float32)).shape == (5, 10)
+    with pytest.raises(EngineError, match="expects dtype float32, got float64"):
+        engine.infer(np.zeros((1, 3, 32, 32)))
+    with pytest.raises(EngineError, match=r"expects float32 \[N, 3, 32, 32\], got shape \[1, 3, 28, 28\]"):
+        engine.infer(np.zeros((1, 3, 28, 28), np.float32))
+
+
+def run_cli(args, caplog) -> tuple[int, str]:
+    caplog.clear()
+    code = export_cli.main(args)
+    return code, caplog.text
+
+
+def test_bad_inputs_get_clear_errors(tmp_path, caplog, resnet20_checkpoint):
+    out = str(tmp_path / "out")
+    code, text = run_cli(["--checkpoint", str(tmp_path / "missing.pt"), "--out", out], caplog)
+    assert code == 2 and "not found" in text
+    torch.save(resnets.build("resnet32").state_dict(), tmp_path / "r32.pt")
+    code, text = run_cli(["--checkpoint", str(tmp_path / "r32.pt"), "--arch", "resnet20", "--out", out], caplog)
+    assert code == 2 and "does not fit resnet20" in text
+    code, text = run_cli(["--checkpoint", str(resnet20_checkpoint), "--engines", "tensorflow", "--out", out], caplog)
+    assert code == 2 and "unknown engine(s) tensorflow; choose from onnxruntime, openvino, tensorrt" in text
+    code, text = run_cli(["--checkpoint", str(resnet20_checkpoint), "--precisions", "int4", "--out", out], caplog)
+    assert code == 2 and "unknown precision(s) int4" in text
+    (tmp_path / "empty").mkdir()
+    code, text = run_cli(
+        [
+            "--checkpoint",
+            str(resnet20_checkpoint),
+            "--out",
+            out,
+            "--no-eval",
+            "--engines",
+            "onnxruntime",
+            "--calibration-data",
+            str(tmp_path / "empty"),
+        ],
+        caplog,
+    )
+    assert code == 2 and "holds no image files" in text
+
+
+def test_missing_engine_package_names_the_fix(tmp_path, caplog, resnet20_checkpoint, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    code, text = run_cli(
+        [
+            "--checkpoint",
+            str(resnet20_checkpoint),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-eval",
+            "--engines",
+            "openvino",
+            "--precisions",
+            "fp32",
+            "--no-tensorrt-ready",
+        ],
+        caplog,
+    )
+    assert code == 2 and "pip install openvino" in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
+def test_tensorrt_engine_without_tensorrt_prints_the_trtexec_command(tmp_path, caplog, resnet20_checkpoint):
+    code, text = run_cli(
+        [
+            "--checkpoint",
+            str(resnet20_checkpoint),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-eval",
+            "--engines",
+            "tensorrt",
+            "--precisions",
+            "fp16",
+            "--calibration-size",
+            "64",
+        ],
+        caplog,
+    )
+    assert code == 3
+    assert "tensorrt package is not importable" in text and "trtexec --onnx=" in text
+    assert (tmp_path / "o" / "tensorrt" / "model_fp16.onnx").is_file()
+    assert (tmp_path / "o" / "tensorrt" / "trtexec.sh").is_file()
