@@ -87,10 +87,11 @@ def build_plan(onnx_path: Path, plan_path: Path, profile: dict, timing_cache: Pa
     try:
         import tensorrt as trt
     except ImportError:
+        command = shlex.join(trtexec_command(str(onnx_path), str(plan_path), profile))
         raise TensorRTUnavailable(
             "the tensorrt package is not importable here (TensorRT installs from NVIDIA's index and needs a "
-            f"CUDA GPU). Build the plan on a GPU host instead:\n  {shlex.join(trtexec_command(str(onnx_path), str(plan_path), profile))}"
-            "\nor run the `trt-build` service of docker-compose.yml"
+            f"CUDA GPU). Build the plan on a GPU host instead:\n  {command}\n"
+            "or run the `trt-build` service of docker-compose.yml"
         ) from None
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
