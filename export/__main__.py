@@ -75,6 +75,15 @@ def parse_args(argv):
     p.add_argument("--device", default="cpu", help="cpu, or cuda (onnxruntime-gpu: CUDA/TensorRT providers)")
     p.add_argument("--max-batch", type=int, default=256, help="largest batch of the TensorRT profile")
     p.add_argument("--repository", type=Path, help="also write Triton models for these engines into this repository")
+    p.add_argument(
+        "--gpu",
+        dest="profile",
+        action="store_const",
+        const="gpu",
+        default="cpu",
+        help="repository profile for GPU hosts (KIND_GPU instances, CUDA providers, larger batches)",
+    )
+    p.add_argument("--sample-image", type=Path, help="image used for model warmup (default: a calibration image)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -107,11 +116,15 @@ def main(argv=None) -> int:
         max_batch=args.max_batch,
     )
     try:
-        summary = ExportBuilder(config).run()
+        builder = ExportBuilder(config)
+        summary = builder.run()
         if args.repository:
             from export.repository import write_repository
 
-            summary["repository"] = write_repository(args.repository, args.out)
+            sample = args.sample_image or builder.sample_image()
+            summary["repository"] = write_repository(
+                args.repository, args.out, profile=args.profile, sample_image=sample
+            )
     except ImportError as exc:  # an engine package that is not installed
         log.error("%s", exc)
         return 2

@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from export import fusion
-from export.calibration import HELD_OUT, load_calibration_set
+from export.calibration import HELD_OUT, CalibrationError, calibration_files, load_calibration_set
 from export.onnx_export import describe_io, export_onnx, op_counts, prepare_for_export, torch_logits
 from export.quantize import (
     METHODS,
@@ -471,6 +471,13 @@ class ExportBuilder:
             calibrate(self.preprocessed_onnx(), calibration, method, cache, input_name=INPUT_NAME)
             self._caches.add(cache)
         return cache
+
+    def sample_image(self) -> Path | None:
+        """A real training image for model warmup, if calibration data is at hand."""
+        try:
+            return calibration_files(self._calibration_dir())[0]
+        except (CalibrationError, ExportConfigError):
+            return None
 
     def calibration(self) -> tuple[np.ndarray, np.ndarray]:
         if self._calibration is None:

@@ -35,7 +35,10 @@ CIFAR10_CLASSES = (
 
 # Decoding guards: a tiny file may declare a huge canvas (decompression bomb).
 MAX_IMAGE_PIXELS = 50_000_000  # about 7000 x 7000
-MIN_IMAGE_SIDE = 1
+MIN_IMAGE_SIDE = 8  # smaller images carry no usable content for a 32x32 (or larger) network input
+
+
+ImageLike = Image.Image | bytes | np.ndarray  # encoded file bytes, a PIL image, or uint8 HWC pixels
 
 
 class ImageError(ValueError):
@@ -107,12 +110,7 @@ def decode_image(data: bytes, *, source: str = "image") -> Image.Image:
         raise ImageError(f"{source}: empty input (0 bytes); send the encoded image file's bytes")
     try:
         with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ImageError(
-                    f"{source}: declares {width}x{height} pixels, above the limit of "
-                    f"{MAX_IMAGE_PIXELS:,}; resize the image before sending it"
-                )
+            check_size(*img.size, source=source)  # from the header, before decoding any pixels
             img.load()  # decode now so truncated files fail here, not later
             return to_rgb(img)
     except ImageError:
@@ -122,10 +120,25 @@ def decode_image(data: bytes, *, source: str = "image") -> Image.Image:
             f"{source}: not a decodable image ({len(data)} bytes, starts with {data[:8]!r}); "
             "send JPEG, PNG, WebP, BMP or TIFF bytes"
         ) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{source}: rejected as a decompression bomb: {exc}") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own limit fires before ours for huge canvases
+        raise ImageError(
+            f"{source}: rejected as a decompression bomb ({exc}); resize the image before sending it"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{source}: broken image data ({exc}); re-encode or re-download it") from None
+
+
+def check_size(width: int, height: int, *, source: str = "image") -> None:
+    """Refuse images too small to classify or too large to decode safely."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(
+            f"{source}: declares {width}x{height} pixels, above the limit of {MAX_IMAGE_PIXELS:,} "
+            "(a decompression bomb or an oversized photo); resize the image before sending it"
+        )
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageError(
+            f"{source}: is {width}x{height} pixels; images need at least {MIN_IMAGE_SIDE} pixels on each side"
+        )
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -149,8 +162,6 @@ def resize_center_crop(img: Image.Image, spec: DatasetSpec) -> np.ndarray:
     ``Resize`` + ``CenterCrop`` do on PIL images. A CIFAR-sized 32x32 image passes unchanged.
     """
     width, height = img.size
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise ImageError(f"image of {width}x{height} pixels has no content")
     short = min(width, height)
     if short != spec.resize_size:
         scale = spec.resize_size / short
@@ -171,28 +182,30 @@ def normalize(pixels: np.ndarray, spec: DatasetSpec) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 
-def preprocess(image: Image.Image | bytes | np.ndarray, spec: DatasetSpec) -> np.ndarray:
+def preprocess(image: ImageLike, spec: DatasetSpec, *, source: str = "image") -> np.ndarray:
     """One image (PIL, encoded bytes, or uint8 HWC RGB array) to the float32 CHW model input."""
-    return normalize(preprocess_pixels(image, spec), spec)
+    return normalize(preprocess_pixels(image, spec, source=source), spec)
 
 
-def preprocess_pixels(image: Image.Image | bytes | np.ndarray, spec: DatasetSpec) -> np.ndarray:
+def preprocess_pixels(image: ImageLike, spec: DatasetSpec, *, source: str = "image") -> np.ndarray:
     """One image to the uint8 HWC crop the network sees, before normalisation."""
     if isinstance(image, (bytes, bytearray, memoryview)):
-        image = decode_image(bytes(image))
+        image = decode_image(bytes(image), source=source)
     elif isinstance(image, np.ndarray):
-        image = array_to_image(image)
+        image = array_to_image(image, source=source)
     elif isinstance(image, Image.Image):
+        check_size(*image.size, source=source)
         image = to_rgb(image)
     else:
-        raise TypeError(f"expected a PIL image, encoded bytes or a uint8 array, got {type(image).__name__}")
+        raise ImageError(f"{source}: expected a PIL image, encoded bytes or a uint8 array, got {type(image).__name__}")
     return resize_center_crop(image, spec)
 
 
-def array_to_image(array: np.ndarray) -> Image.Image:
+def array_to_image(array: np.ndarray, *, source: str = "image") -> Image.Image:
     """A uint8 HWC (RGB/RGBA) or HW (grayscale) array to an RGB PIL image."""
     if array.dtype != np.uint8:
-        raise ImageError(f"image arrays must be uint8 HWC RGB, got dtype {array.dtype}")
-    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
-        return to_rgb(Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[2] == 1 else array))
-    raise ImageError(f"image arrays must be HxW or HxWx{{1,3,4}}, got shape {array.shape}")
+        raise ImageError(f"{source}: image arrays must be uint8 HWC RGB, got dtype {array.dtype}")
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
+        raise ImageError(f"{source}: image arrays must be HxW or HxWx{{1,3,4}}, got shape {array.shape}")
+    check_size(array.shape[1], array.shape[0], source=source)
+    return to_rgb(Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array))

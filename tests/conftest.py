@@ -53,3 +53,29 @@ def resnet20_checkpoint() -> Path:
     if not path.is_file():
         pytest.fail(f"{path} is missing: the trained ResNet-20 checkpoint is committed with the project")
     return path
+
+
+@pytest.fixture(scope="session")
+def default_repository(tmp_path_factory, resnet20_checkpoint, cifar_jpg) -> Path:
+    """The default model repository (ResNet-20 FP32/INT8 on ORT and OpenVINO, random ResNet-50), built
+    once per test session; ``<root>/models`` is the repository, ``<root>/build`` the exported engines."""
+    from export.default_repository import build_default_repository
+
+    root = tmp_path_factory.mktemp("default-repository")
+    build_default_repository(
+        root / "models",
+        root / "build",
+        resnet20_checkpoint=resnet20_checkpoint,
+        cifar_dir=cifar_jpg,
+        imagenet_dir=IMAGENET_SAMPLE if IMAGENET_SAMPLE.is_dir() else None,
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def triton(default_repository):
+    """The real Triton server on free loopback ports, serving the default repository."""
+    from server import running
+
+    with running(default_repository / "models", http_port=0, grpc_port=0, metrics_port=0) as server:
+        yield server

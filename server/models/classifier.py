@@ -1,0 +1,63 @@
+"""Triton Python-backend classifier: a batch of preprocessed images -> logits, through ``export.load_engine``.
+
+Reads everything from the model configuration: input/output names and dtypes, and the parameters
+``engine_dir`` (relative to the version directory) and ``threads``. With dynamic batching Triton
+hands ``execute`` several requests at once; they run as one engine call and are split back, one
+response per request.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from export.runtime import load_engine
+from resnets.spec import DATASETS, normalize
+
+
+def _parameter(config: dict, name: str, default: str | None = None) -> str | None:
+    return config.get("parameters", {}).get(name, {}).get("string_value", default)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        threads = _parameter(config, "threads")
+        self.engine = load_engine(
+            version_dir / _parameter(config, "engine_dir", "engine"), threads=int(threads) if threads else None
+        )
+        info = self.engine.info()
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
+        self.input_dtype = pb_utils.triton_string_to_numpy(config["input"][0]["data_type"])
+        # uint8 input: HWC pixels of the training crop, normalised here (a quarter of the bytes of float32)
+        self.spec = DATASETS[info["dataset"]] if self.input_dtype == np.uint8 else None
+        self.logger = pb_utils.Logger
+        self.logger.log_info(
+            f"{args['model_name']}: {info['engine']} {info['precision']} "
+            f"({info['threads']} threads), input {self.input_name} "
+            f"{np.dtype(self.input_dtype).name}"
+        )
+
+    def execute(self, requests):
+        arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        counts = [len(a) for a in arrays]
+        batch = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        if self.spec is not None:
+            batch = normalize(batch, self.spec)
+        try:
+            logits = self.engine.infer(batch).astype(self.output_dtype, copy=False)
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the reason
+            error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        responses, start = [], 0
+        for count in counts:
+            tensor = pb_utils.Tensor(self.output_name, logits[start : start + count])
+            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+            start += count
+        return responses

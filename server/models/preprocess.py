@@ -1,0 +1,45 @@
+"""Triton Python-backend preprocessing: encoded image bytes -> the model input, as in training.
+
+Input: BYTES ``image`` [batch, 1] holding encoded files (JPEG, PNG, WebP, BMP, TIFF; any mode).
+Output: the training preprocessing from ``resnets.spec`` (resize shorter side, center crop,
+normalise) as float32 CHW, or uint8 HWC pixels when the output is configured as UINT8. A request
+whose image cannot be used fails alone, with the reason; the other requests of the batch succeed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from resnets.spec import DATASETS, ImageError, normalize, preprocess_pixels
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        dataset = config["parameters"]["dataset"]["string_value"]
+        self.spec = DATASETS[dataset]
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.uint8 = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"]) == np.uint8
+
+    def _one(self, data: bytes, source: str) -> np.ndarray:
+        pixels = preprocess_pixels(bytes(data), self.spec, source=source)
+        return pixels if self.uint8 else normalize(pixels, self.spec)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
+            try:
+                batch = np.stack(
+                    [self._one(data, f"image {i}" if len(images) > 1 else "image") for i, data in enumerate(images)]
+                )
+            except ImageError as exc:  # this request's image is unusable: say why, keep serving the others
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)]))
+        return responses

@@ -1,0 +1,277 @@
+"""The embedded Triton server on the default repository: real binary, loopback ports, real JPEGs."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from export import load_engine
+from resnets.spec import CIFAR10, preprocess
+
+pytestmark = pytest.mark.server
+
+CIFAR_ENGINES = ("onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-int8")
+
+
+def sample_files(cifar_jpg: Path, per_class: int) -> list[Path]:
+    return [p for cls in sorted((cifar_jpg / "test").iterdir()) for p in sorted(cls.glob("*.jpg"))[:per_class]]
+
+
+def bytes_input(module, images: list[bytes], name: str = "image"):
+    data = np.array([[b] for b in images], dtype=np.object_)
+    tensor = module.InferInput(name, list(data.shape), "BYTES")
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def classify(client, module, model: str, images: list[bytes], class_count: int = 0):
+    output = module.InferRequestedOutput("logits", class_count=class_count) if class_count else None
+    result = client.infer(model, [bytes_input(module, images)], outputs=[output] if output else None)
+    return result.as_numpy("logits")
+
+
+def test_health_metadata_and_config(triton):
+    client = httpclient.InferenceServerClient(triton.http_url)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("resnet20") and client.is_model_ready("resnet50")
+    meta = client.get_model_metadata("resnet20_onnxruntime_int8")
+    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    config = client.get_model_config("resnet20_onnxruntime_int8_classifier")
+    assert config["max_batch_size"] == 256 and config["dynamic_batching"]["preferred_batch_size"]
+    assert config["input"][0]["data_type"] == "TYPE_FP32" and config["input"][0]["dims"] == [3, 32, 32]
+    ensemble = client.get_model_config("resnet20")
+    assert ensemble["platform"] == "ensemble"
+    grpc = grpcclient.InferenceServerClient(triton.grpc_url)
+    names = {m.name for m in grpc.get_model_repository_index().models}
+    assert {"preprocess_cifar10", "preprocess_imagenet", "resnet50_openvino_fp32"} <= names
+
+
+@pytest.mark.parametrize("engine", CIFAR_ENGINES)
+def test_ensemble_matches_offline_engine_over_http_and_grpc(triton, default_repository, cifar_jpg, engine):
+    files = sample_files(cifar_jpg, per_class=20)
+    images = [f.read_bytes() for f in files]
+    offline = load_engine(default_repository / "build" / "resnet20" / engine)
+    expected = offline.infer(np.stack([preprocess(b, CIFAR10) for b in images])).argmax(1)
+    model = "resnet20_" + engine.replace("-", "_")
+    for module, url in ((httpclient, triton.http_url), (grpcclient, triton.grpc_url)):
+        client = module.InferenceServerClient(url)
+        served = np.concatenate(
+            [classify(client, module, model, images[i : i + 64]) for i in range(0, len(images), 64)]
+        )
+        assert np.array_equal(served.argmax(1), expected), f"{module.__name__} {engine}"
+
+
+def test_top5_labels_through_class_count(triton, default_repository, cifar_jpg):
+    files = sample_files(cifar_jpg, per_class=2)
+    images = [f.read_bytes() for f in files]
+    offline = load_engine(default_repository / "build" / "resnet20" / "onnxruntime-fp32")
+    logits = offline.infer(np.stack([preprocess(b, CIFAR10) for b in images]))
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    top5 = classify(client, grpcclient, "resnet20_onnxruntime_fp32", images, class_count=5)
+    labels = CIFAR10.labels()
+    for row, expected in zip(top5, logits, strict=True):
+        entries = [entry.decode().split(":") for entry in row]
+        scores = [float(s) for s, _, _ in entries]
+        assert scores == sorted(scores, reverse=True)
+        assert [int(i) for _, i, _ in entries] == list(np.argsort(-expected)[:5])
+        assert [name for _, i, name in entries] == [labels[int(i)] for _, i, _ in entries]
+        assert scores[0] == pytest.approx(float(expected.max()), abs=1e-4)
+
+
+def inference_stats(client, model: str) -> tuple[int, int]:
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def test_dynamic_batching_really_batches(triton, cifar_jpg):
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    model = "resnet20_onnxruntime_fp32_classifier"
+    before = inference_stats(client, model)
+    images = np.stack([preprocess(f.read_bytes(), CIFAR10) for f in sample_files(cifar_jpg, per_class=20)])
+    done, errors, finished = [], [], threading.Event()
+
+    def on_result(result, error):
+        (errors if error else done).append(error or result)
+        if len(done) + len(errors) == len(images):
+            finished.set()
+
+    for image in images:  # 200 single-image requests in flight at once
+        tensor = grpcclient.InferInput("input", [1, 3, 32, 32], "FP32")
+        tensor.set_data_from_numpy(image[None])
+        client.async_infer(model, [tensor], on_result)
+    assert finished.wait(120) and not errors
+    inferences, executions = (a - b for a, b in zip(inference_stats(client, model), before, strict=True))
+    assert inferences == len(images)
+    assert executions < inferences / 2, f"{executions} executions for {inferences} inferences"
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A ~100-byte PNG whose header declares width x height pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def one_pixel_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_images_fail_alone_while_good_requests_in_the_same_batch_succeed(triton, cifar_jpg):
+    good = [f.read_bytes() for f in sample_files(cifar_jpg, per_class=3)]
+    jpeg = good[0]
+    bad = {
+        "empty": (b"", "empty input"),
+        "truncated jpeg": (jpeg[: len(jpeg) // 2], "broken image data"),
+        "text file": (b"just some text, not an image\n" * 4, "not a decodable image"),
+        "1x1 image": (one_pixel_png(), "is 1x1 pixels"),
+        "decompression bomb": (png_declaring(20000, 20000), "decompression bomb"),
+    }
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    expected = classify(client, grpcclient, "resnet20", good).argmax(1)
+
+    def send(payload: bytes):
+        c = grpcclient.InferenceServerClient(triton.grpc_url)
+        try:
+            return classify(c, grpcclient, "resnet20", [payload]).argmax(1)[0]
+        except InferenceServerException as exc:
+            return exc
+
+    jobs = [("good", i, g) for i, g in enumerate(good)] + [(name, None, data) for name, (data, _) in bad.items()]
+    jobs = jobs * 3  # interleaved, concurrent: bad and good requests land in the same dynamic batches
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda job: send(job[2]), jobs))
+    for (name, index, _), result in zip(jobs, results, strict=True):
+        if name == "good":
+            assert result == expected[index], f"good request {index} got {result}"
+        else:
+            assert isinstance(result, InferenceServerException), f"{name} was accepted"
+            assert bad[name][1] in result.message(), (name, result.message())
+    assert client.is_server_ready() and client.is_model_ready("resnet20")
+
+
+def test_bad_tensor_requests_get_clear_errors(triton):
+    client = httpclient.InferenceServerClient(triton.http_url)
+    model = "resnet20_onnxruntime_fp32_classifier"
+
+    def infer(array, datatype, model_name=model):
+        tensor = httpclient.InferInput("input", list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        with pytest.raises(InferenceServerException) as err:
+            client.infer(model_name, [tensor])
+        return err.value.message()
+
+    assert "data-type is 'FP64', but model" in infer(np.zeros((1, 3, 32, 32), np.float64), "FP64")
+    message = infer(np.zeros((1, 3, 28, 28), np.float32), "FP32")
+    assert "unexpected shape for input 'input'" in message and "[-1,3,32,32]" in message
+    assert "batch-size must be <= 256" in infer(np.zeros((257, 3, 32, 32), np.float32), "FP32")
+    assert "unknown model" in infer(np.zeros((1, 3, 32, 32), np.float32), "FP32", model_name="resnet21").lower()
+    assert client.is_server_ready()
+
+
+def test_imagenet_ensemble_handles_any_size_and_mode(triton, imagenet_sample):
+    files = sorted(imagenet_sample.glob("*.JPEG"))[:8]
+    images = [f.read_bytes() for f in files]
+    buffer = io.BytesIO()  # RGBA PNG and CMYK JPEG as well
+    Image.open(files[0]).convert("RGBA").save(buffer, format="PNG")
+    images.append(buffer.getvalue())
+    buffer = io.BytesIO()
+    Image.open(files[1]).convert("CMYK").save(buffer, format="JPEG")
+    images.append(buffer.getvalue())
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    top = classify(client, grpcclient, "resnet50", images, class_count=1)
+    assert top.shape == (len(images), 1)
+    labels = json.loads((imagenet_sample / "imagenet_class_index.json").read_text())
+    names = {v[1] for v in labels.values()}
+    assert all(entry[0].decode().split(":", 2)[2] in names for entry in top)
+
+
+def triton_processes() -> list[str]:
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,pgid,args"], capture_output=True, text=True).stdout
+    return [
+        line
+        for line in out.splitlines()
+        if "tritonserver --model-repository" in line or "triton_python_backend_stub" in line
+    ]
+
+
+def test_clean_shutdown_leaves_no_process(default_repository, tmp_path):
+    from server import running
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("preprocess_cifar10", "resnet20_onnxruntime_fp32_classifier", "resnet20_onnxruntime_fp32"):
+        import shutil
+
+        shutil.copytree(default_repository / "models" / name, repo / name)
+    before = set(triton_processes())
+    with running(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+        pid = server.process.pid
+        mine = [p for p in triton_processes() if p not in before]
+        assert any(p.split()[0] == str(pid) for p in mine), mine
+        assert any("stub" in p and p.split()[1] == str(pid) for p in mine), mine
+    assert not [p for p in triton_processes() if p not in before]
+
+
+def test_model_that_fails_to_load_makes_the_cli_exit_nonzero(default_repository, tmp_path):
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(default_repository / "models" / "resnet20_onnxruntime_fp32_classifier", repo / "broken")
+    config = (repo / "broken" / "config.pbtxt").read_text()
+    (repo / "broken" / "config.pbtxt").write_text(config.replace("resnet20_onnxruntime_fp32_classifier", "broken"))
+    (repo / "broken" / "1" / "engine" / "model.onnx").write_bytes(b"this is not an onnx model")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--model-repository",
+            str(repo),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode != 0
+    assert "broken" in result.stderr and "ONNX Runtime could not load" in result.stderr
+    assert not triton_processes() or all("broken" not in p for p in triton_processes())
+
+
+def test_server_reports_a_missing_repository(tmp_path):
+    from server import ServerError, running
+
+    with pytest.raises(ServerError, match="does not exist; create one with"):
+        with running(tmp_path / "nowhere", http_port=0, grpc_port=0, metrics_port=0):
+            pass
