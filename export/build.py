@@ -70,10 +70,14 @@ class ExportConfig:
     evaluate: bool = True
     threads: int | None = None
     device: str = "cpu"
-    max_batch: int = 256
-    opt_batch: int = 64
+    max_batch: int = 256  # TensorRT optimization profile: batch 1..max_batch, tuned for max_batch // 4
+
     labels: Path | None = None  # ImageNet class index JSON
     seed: int = 0
+
+    @property
+    def opt_batch(self) -> int:
+        return max(1, self.max_batch // 4)
 
     def validate(self) -> None:
         unknown = [e for e in self.engines if e not in ENGINE_PRECISIONS]

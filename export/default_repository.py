@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from export.build import ExportBuilder, ExportConfig
-from export.repository import write_repository
+from export.repository import PROFILES, write_repository
 from resnets.data import default_cifar_dir
 from resnets.env import REPO_ROOT
 
@@ -36,23 +36,43 @@ def build_default_repository(
     threads: int | None = None,
 ) -> dict:
     cifar_dir = cifar_dir or default_cifar_dir()
+    batches = PROFILES[profile].max_batch_size  # TensorRT profiles cover the repository's largest batch
     imagenet_dir = imagenet_dir or (IMAGENET_SAMPLE if IMAGENET_SAMPLE.is_dir() else None)
     written = {}
-    r20 = ExportBuilder(ExportConfig(
-        checkpoint=resnet20_checkpoint, out=build_dir / "resnet20", calibration_data=cifar_dir / "train",
-        engines=("onnxruntime", "openvino"), precisions=("fp32", "int8"), tensorrt_ready=True,
-        evaluate=evaluate, threads=threads,
-    ))
+    r20 = ExportBuilder(
+        ExportConfig(
+            checkpoint=resnet20_checkpoint,
+            out=build_dir / "resnet20",
+            calibration_data=cifar_dir / "train",
+            engines=("onnxruntime", "openvino"),
+            precisions=("fp32", "int8"),
+            tensorrt_ready=True,
+            evaluate=evaluate,
+            threads=threads,
+            max_batch=batches["cifar10"],
+        )
+    )
     r20.run()
-    written["resnet20"] = write_repository(repository, build_dir / "resnet20", profile=profile,
-                                           sample_image=r20.sample_image())
+    written["resnet20"] = write_repository(
+        repository, build_dir / "resnet20", profile=profile, sample_image=r20.sample_image()
+    )
     labels = imagenet_dir / "imagenet_class_index.json" if imagenet_dir else None
-    r50 = ExportBuilder(ExportConfig(
-        checkpoint=resnet50_weights, arch="resnet50", random_weights=resnet50_weights is None,
-        out=build_dir / "resnet50", engines=("onnxruntime", "openvino"), precisions=("fp32",),
-        tensorrt_ready=False, evaluate=False, threads=threads,
-        labels=labels if labels and labels.is_file() else None,
-    ))
+    r50 = ExportBuilder(
+        ExportConfig(
+            checkpoint=resnet50_weights,
+            arch="resnet50",
+            random_weights=resnet50_weights is None,
+            out=build_dir / "resnet50",
+            engines=("onnxruntime", "openvino"),
+            precisions=("fp32",),
+            tensorrt_ready=profile == "gpu",
+            evaluate=False,
+            threads=threads,
+            max_batch=batches["imagenet"],
+            calibration_data=imagenet_dir if profile == "gpu" else None,
+            labels=labels if labels and labels.is_file() else None,
+        )
+    )
     r50.run()
     sample = next(iter(sorted(imagenet_dir.glob("*.JPEG"))), None) if imagenet_dir else None
     written["resnet50"] = write_repository(repository, build_dir / "resnet50", profile=profile, sample_image=sample)
@@ -68,8 +88,13 @@ def main(argv=None) -> int:
     p.add_argument("--evaluate", action="store_true", help="also measure every engine's accuracy")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    written = build_default_repository(args.repository, args.build_dir, resnet50_weights=args.resnet50_weights,
-                                       evaluate=args.evaluate, profile=args.profile)
+    written = build_default_repository(
+        args.repository,
+        args.build_dir,
+        resnet50_weights=args.resnet50_weights,
+        evaluate=args.evaluate,
+        profile=args.profile,
+    )
     print(json.dumps(written, indent=2))
     return 0
 

@@ -38,7 +38,14 @@ from resnets.spec import (
 log = logging.getLogger(__name__)
 
 # Default engine preference for the plain ``<arch>`` ensemble: the fastest engine that keeps accuracy.
-DEFAULT_ORDER = ("openvino-int8", "onnxruntime-int8", "openvino-fp32", "onnxruntime-fp32")
+DEFAULT_ORDER = (
+    "tensorrt-int8",
+    "tensorrt-fp16",
+    "openvino-int8",
+    "onnxruntime-int8",
+    "openvino-fp32",
+    "onnxruntime-fp32",
+)
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,18 @@ def classifier_config(name: str, spec: DatasetSpec, num_classes: int, profile: P
             + "\n]\n"
         )
     return text
+
+
+def tensorrt_config(name: str, spec: DatasetSpec, num_classes: int, profile: Profile, max_batch: int) -> str:
+    """A ``tensorrt_plan`` classifier; the plan (``1/model.plan``) comes from the trt-build service."""
+    return (
+        f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: {max_batch}\n'
+        f'input [\n  {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: {_dims(spec.input_shape)} }}\n]\n'
+        f'output [\n  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {num_classes} ] '
+        f'label_filename: "labels.txt" }}\n]\n'
+        # the plan's optimization profile 0 covers batch 1..max_batch (see tensorrt/recipe.json)
+        f'instance_group [ {{ count: 1 kind: KIND_GPU profile: [ "0" ] }} ]\n' + _dynamic_batching(profile, spec.name)
+    )
 
 
 def preprocess_config(name: str, spec: DatasetSpec, profile: Profile, *, warmup: bool) -> str:
@@ -252,6 +271,23 @@ def write_repository(
         engines[artifact["name"]] = classifier
         written["classifiers"].append(classifier)
         written["ensembles"].append(base)
+    if profile.device == "cuda" and summary.get("tensorrt"):
+        recipe = json.loads(Path(summary["tensorrt"]["recipe"]).read_text())
+        max_batch = int(recipe["profile"]["max"].split(":")[1].split("x")[0])
+        for precision in recipe["artifacts"]:
+            base = f"{arch}_tensorrt_{precision}"
+            classifier = f"{base}_classifier"
+            directory = _write_model(
+                repository / classifier, tensorrt_config(classifier, spec, num_classes, profile, max_batch)
+            )
+            (directory / "labels.txt").write_text(labels)
+            ensemble = _write_model(
+                repository / base, ensemble_config(base, preprocess, classifier, spec, num_classes, profile)
+            )
+            (ensemble / "labels.txt").write_text(labels)
+            engines[f"tensorrt-{precision}"] = classifier
+            written["classifiers"].append(classifier)
+            written["ensembles"].append(base)
     if default_alias and engines:
         default = next((name for name in DEFAULT_ORDER if name in engines), next(iter(engines)))
         alias = _write_model(

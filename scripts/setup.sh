@@ -15,6 +15,20 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "setup: $PYTHON is $("$PYTHON" --version 2>&1); resnet-serve needs Python 3.11 or newer (set PYTHON=...)" >&2
     exit 2
 fi
+# System packages: the Triton Python-backend stub links Debian's libpython3.11; Debian's docker-compose
+# validates docker-compose.yml in the tests. Installed when missing if we are root with apt-get.
+need=()
+ldconfig -p 2>/dev/null | grep -q "libpython3.11.so.1.0" || need+=(libpython3.11)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing system packages: ${need[*]}"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) \
+            || echo "setup: could not install ${need[*]}; install them with your package manager" >&2
+    else
+        echo "setup: please install ${need[*]} (e.g. sudo apt-get install ${need[*]})" >&2
+    fi
+fi
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $("$PYTHON" --version)"
     "$PYTHON" -m venv .venv

@@ -37,12 +37,19 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = TritonServer(ServerConfig(
-        model_repository=args.model_repository, host=args.host, http_port=args.http_port,
-        grpc_port=args.grpc_port, metrics_port=args.metrics_port, log_verbose=args.log_verbose,
-        model_control_mode=args.model_control_mode, load_models=tuple(args.load_model),
-        startup_timeout_s=args.startup_timeout,
-    ))
+    server = TritonServer(
+        ServerConfig(
+            model_repository=args.model_repository,
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            log_verbose=args.log_verbose,
+            model_control_mode=args.model_control_mode,
+            load_models=tuple(args.load_model),
+            startup_timeout_s=args.startup_timeout,
+        )
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -51,8 +58,11 @@ def main(argv=None) -> int:
     except ServerError as exc:
         log.error("%s", exc)
         return 1
-    print(f"Triton is serving {args.model_repository}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
-          f"metrics {server.metrics_url} (Ctrl-C stops it)", flush=True)
+    print(
+        f"Triton is serving {args.model_repository}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
+        f"metrics {server.metrics_url} (Ctrl-C stops it)",
+        flush=True,
+    )
     while not stop.wait(0.5):
         if server.process is None or server.process.poll() is not None:
             code = server.process.returncode if server.process else None

@@ -1,0 +1,134 @@
+"""Model repository generation (configs, warmup data, labels), docker-compose and the TensorRT build script."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from export.repository import write_repository
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_config(path: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_cpu_repository_configs(default_repository):
+    models = default_repository / "models"
+    names = sorted(p.name for p in models.iterdir() if p.is_dir())
+    assert names == sorted(
+        [
+            "preprocess_cifar10",
+            "preprocess_imagenet",
+            "resnet20",
+            "resnet50",
+            *[
+                f"resnet20_{e}_{p}{s}"
+                for e in ("onnxruntime", "openvino")
+                for p in ("fp32", "int8")
+                for s in ("", "_classifier")
+            ],
+            *[f"resnet50_{e}_fp32{s}" for e in ("onnxruntime", "openvino") for s in ("", "_classifier")],
+        ]
+    )
+    for name in names:
+        config = parse_config(models / name / "config.pbtxt")
+        assert config.name == name and (models / name / "1").is_dir()
+        if name.endswith("_classifier"):
+            assert config.backend == "python" and config.dynamic_batching.preferred_batch_size
+            assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+            assert (models / name / "1" / "engine" / "engine.json").is_file()
+            classes = 10 if name.startswith("resnet20") else 1000
+            assert len((models / name / "labels.txt").read_text().splitlines()) == classes
+            warmup = (models / name / "warmup" / "sample").read_bytes()
+            assert len(warmup) == 4 * int(np.prod(config.input[0].dims))  # one real preprocessed image
+            assert {w.batch_size for w in config.model_warmup} >= {1}
+        elif name.startswith("preprocess"):
+            sample = (models / name / "warmup" / "sample").read_bytes()
+            (length,) = struct.unpack("<I", sample[:4])
+            assert length == len(sample) - 4 and sample[4:6] == b"\xff\xd8"  # a length-prefixed real JPEG
+        else:
+            assert config.platform == "ensemble" and len(config.ensemble_scheduling.step) == 2
+            assert config.output[0].label_filename == "labels.txt" and (models / name / "labels.txt").is_file()
+    assert parse_config(models / "resnet20" / "config.pbtxt").ensemble_scheduling.step[1].model_name == (
+        "resnet20_openvino_int8_classifier"
+    )
+
+
+def test_gpu_profile_uses_kind_gpu_and_writes_tensorrt_models(default_repository, tmp_path):
+    written = write_repository(tmp_path / "gpu", default_repository / "build" / "resnet20", profile="gpu")
+    assert written["default"]["engine"] == "tensorrt-int8"
+    assert "resnet20_openvino_fp32_classifier" not in written["classifiers"]  # CPU-only engine
+    ort = parse_config(tmp_path / "gpu" / "resnet20_onnxruntime_fp32_classifier" / "config.pbtxt")
+    assert ort.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    trt = parse_config(tmp_path / "gpu" / "resnet20_tensorrt_int8_classifier" / "config.pbtxt")
+    assert trt.platform == "tensorrt_plan" and list(trt.instance_group[0].profile) == ["0"]
+    assert trt.max_batch_size == 256  # = the plan's optimization-profile maximum (export --max-batch)
+    engine = (tmp_path / "gpu" / "resnet20_onnxruntime_fp32_classifier" / "1" / "engine" / "engine.json").read_text()
+    assert '"device": "cuda"' in engine
+
+
+def test_docker_compose_file_is_valid_and_its_mounts_exist():
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"trt-build", "triton", "benchmark"}
+    assert services["triton"]["build"]["dockerfile"] == "server/Dockerfile"
+    assert (REPO_ROOT / "server" / "Dockerfile").is_file()
+    assert services["triton"]["ports"] == ["8000:8000", "8001:8001", "8002:8002"]
+    assert services["triton"]["shm_size"] and "health/ready" in " ".join(services["triton"]["healthcheck"]["test"])
+    for name in ("trt-build", "triton"):
+        device = services[name]["deploy"]["resources"]["reservations"]["devices"][0]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert services["trt-build"]["image"].startswith("nvcr.io/nvidia/tensorrt:")
+    assert (REPO_ROOT / services["trt-build"]["command"][1]).is_file()
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            host = volume.split(":")[0]
+            assert (REPO_ROOT / host).exists(), f"mounted path {host} does not exist in the repository"
+    if shutil.which("docker-compose") is None:
+        pytest.skip(
+            "Debian's docker-compose is not installed (scripts/setup.sh installs it as root); "
+            "the structural checks above passed"
+        )
+    result = subprocess.run(
+        ["docker-compose", "-f", str(REPO_ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_trt_build_script_installs_plans(default_repository, tmp_path):
+    """scripts/trt_build.sh with a stand-in trtexec that writes the --saveEngine file."""
+    work = tmp_path / "work"
+    shutil.copytree(REPO_ROOT / "scripts", work / "scripts")
+    shutil.copytree(default_repository / "build" / "resnet20" / "tensorrt", work / "build" / "resnet20" / "tensorrt")
+    summary_dir = default_repository / "build" / "resnet20"
+    write_repository(work / "model_repository", summary_dir, profile="gpu")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "trtexec").write_text(
+        '#!/usr/bin/env bash\nfor a in "$@"; do case $a in --saveEngine=*) echo plan > "${a#--saveEngine=}";; '
+        'esac; done\necho "trtexec $*" >> "$TRTEXEC_LOG"\n'
+    )
+    (bin_dir / "trtexec").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TRTEXEC_LOG": str(tmp_path / "calls.log")}
+    result = subprocess.run(
+        ["bash", "scripts/trt_build.sh", "model_repository"], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    for precision in ("fp16", "int8"):
+        assert (work / "model_repository" / f"resnet20_tensorrt_{precision}_classifier" / "1" / "model.plan").is_file()
+    calls = (tmp_path / "calls.log").read_text()
+    assert "--stronglyTyped" in calls and "--maxShapes=input:256x3x32x32" in calls
