@@ -1,0 +1,23 @@
+"""Python client for the served ResNets: ``Classifier`` (sync) and ``AsyncClassifier`` (asyncio)."""
+
+from client.aio import AsyncClassifier
+from client.classifier import (
+    ClassificationError,
+    Classifier,
+    ClientError,
+    ImageResult,
+    ModelNotFound,
+    Prediction,
+    ServerUnavailable,
+)
+
+__all__ = [
+    "AsyncClassifier",
+    "ClassificationError",
+    "Classifier",
+    "ClientError",
+    "ImageResult",
+    "ModelNotFound",
+    "Prediction",
+    "ServerUnavailable",
+]

@@ -1,0 +1,201 @@
+"""The client library and CLI against the real embedded server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from client import AsyncClassifier, ClassificationError, Classifier, ModelNotFound, ServerUnavailable
+from client import __main__ as cli
+from export import load_engine
+from resnets.spec import CIFAR10, preprocess
+
+pytestmark = pytest.mark.server
+
+
+def test_files(cifar_jpg, per_class: int = 10):
+    return [p for cls in sorted((cifar_jpg / "test").iterdir()) for p in sorted(cls.glob("*.jpg"))[:per_class]]
+
+
+@pytest.fixture(scope="module")
+def offline_fp32(default_repository):
+    return load_engine(default_repository / "build" / "resnet20" / "onnxruntime-fp32")
+
+
+def offline_logits(engine, files) -> np.ndarray:
+    return engine.infer(np.stack([preprocess(f.read_bytes(), CIFAR10) for f in files]))
+
+
+def test_grpc_and_http_give_identical_predictions_in_the_right_order(triton, cifar_jpg, offline_fp32):
+    files = test_files(cifar_jpg, 3)
+    with (
+        Classifier(triton.grpc_url, "grpc", "resnet20_onnxruntime_fp32") as grpc_clf,
+        Classifier(triton.http_url, "http", "resnet20_onnxruntime_fp32") as http_clf,
+    ):
+        by_grpc = grpc_clf.classify(files, top_k=5)
+        by_http = http_clf.classify(files, top_k=5)
+    assert by_grpc == by_http
+    logits = offline_logits(offline_fp32, files)
+    labels = CIFAR10.labels()
+    for predictions, row in zip(by_grpc, logits, strict=True):
+        assert [p.index for p in predictions] == list(np.argsort(-row)[:5])
+        assert [p.label for p in predictions] == [labels[p.index] for p in predictions]
+        assert [p.score for p in predictions] == sorted((p.score for p in predictions), reverse=True)
+        assert predictions[0].score == pytest.approx(float(row.max()), abs=1e-4)
+
+
+def test_every_input_kind_and_the_tensor_path_agree(triton, cifar_jpg):
+    files = test_files(cifar_jpg, 1)
+    pil_images = [Image.open(f).convert("RGB") for f in files]
+    arrays = [np.asarray(img) for img in pil_images]
+    raw = [f.read_bytes() for f in files]
+    with Classifier(triton.grpc_url, model="resnet20_onnxruntime_fp32") as ensemble:
+        expected = [p[0] for p in ensemble.classify(files, top_k=1)]
+        for images in (raw, pil_images, arrays, [str(f) for f in files]):
+            assert [p[0].index for p in ensemble.classify(images, top_k=1)] == [e.index for e in expected]
+    for shared_memory in (False, True):
+        with Classifier(
+            triton.grpc_url, model="resnet20_onnxruntime_fp32_classifier", shared_memory=shared_memory
+        ) as tensors:
+            assert tensors.info.kind == "classifier" and tensors.info.input_shape == (3, 32, 32)
+            got = [p[0] for p in tensors.classify(files, top_k=1)]
+        assert [g.index for g in got] == [e.index for e in expected]
+        assert [g.score for g in got] == pytest.approx([e.score for e in expected], abs=1e-4)
+
+
+def test_batches_follow_the_servers_max_batch_size(triton, cifar_jpg):
+    files = test_files(cifar_jpg, 30)  # 300 images, max batch 256 -> 2 requests
+    with Classifier(triton.http_url, "http", model="resnet20_onnxruntime_int8") as clf:
+        assert clf.batch_size == 256  # read from the server's config
+        calls = []
+        real = clf._infer_once
+        clf._infer_once = lambda batch, top_k: calls.append(len(batch)) or real(batch, top_k)
+        results = clf.classify(files, top_k=1)
+    assert len(results) == 300 and calls == [256, 44]
+    with Classifier(triton.grpc_url, model="resnet20_onnxruntime_int8", batch_size=1000) as clf:
+        assert clf.batch_size == 256  # never above the server's limit
+
+
+def test_a_bad_image_in_a_batch_fails_alone(triton, cifar_jpg):
+    files = test_files(cifar_jpg, 2)
+    truncated = files[0].read_bytes()[:100]
+    images = [*files[:5], truncated, *files[5:], b"", "/nonexistent/cat.jpg"]
+    with Classifier(triton.grpc_url, model="resnet20") as clf:
+        results = clf.classify_detailed(images, top_k=3)
+        assert [r.ok for r in results] == [True] * 5 + [False] + [True] * (len(files) - 5) + [False, False]
+        assert "broken image data" in results[5].error
+        assert "empty input" in results[-2].error and "no such file" in results[-1].error
+        good = clf.classify(files, top_k=3)
+        assert [r.predictions for r in results if r.ok] == good
+        with pytest.raises(ClassificationError) as err:
+            clf.classify(images)
+        assert len(err.value.results) == len(images)  # nothing already accepted is lost
+
+
+def test_async_classifier_matches_sync(triton, cifar_jpg):
+    files = test_files(cifar_jpg, 8)
+
+    async def run(protocol, url):
+        async with await AsyncClassifier.create(url, protocol, model="resnet20", batch_size=4, concurrency=8) as clf:
+            return await clf.classify(files, top_k=2)
+
+    with Classifier(triton.grpc_url, model="resnet20") as clf:
+        expected = clf.classify(files, top_k=2)
+    assert asyncio.run(run("grpc", triton.grpc_url)) == expected
+    assert asyncio.run(run("http", triton.http_url)) == expected
+
+
+def test_client_errors_are_specific(triton):
+    with pytest.raises(ModelNotFound, match="'resnet21' is not served .* available: .*resnet20"):
+        Classifier(triton.grpc_url, model="resnet21")
+    with pytest.raises(ServerUnavailable, match="start it with `python -m server`"):
+        Classifier("127.0.0.1:1", model="resnet20")
+    with Classifier(triton.grpc_url, model="resnet20") as clf, pytest.raises(ValueError, match="top_k"):
+        clf.classify([b"x"], top_k=11)
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_on_100_test_jpegs_matches_offline_evaluation(triton, cifar_jpg, offline_fp32, capsys):
+    files = test_files(cifar_jpg, 10)
+    pattern = str(cifar_jpg / "test" / "*" / "000[0-9].jpg")  # a glob: 10 per class = the same 100 files
+    code, out, err = run_cli(
+        [
+            "classify",
+            pattern,
+            "--url",
+            triton.grpc_url,
+            "--model",
+            "resnet20_onnxruntime_fp32",
+            "--json",
+            "--top-k",
+            "1",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["image"] for r in records] == [str(f) for f in files]
+    served = [r["predictions"][0]["index"] for r in records]
+    assert served == list(offline_logits(offline_fp32, files).argmax(1))
+
+
+def test_cli_directories_table_and_exit_codes(triton, cifar_jpg, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for f in test_files(cifar_jpg, 1)[:3]:
+        (folder / f"{f.parent.name}.jpg").write_bytes(f.read_bytes())
+    code, out, _ = run_cli(["classify", str(folder), "--url", triton.http_url, "--protocol", "http"], capsys)
+    assert code == 0 and len(out.splitlines()) == 3 and "airplane.jpg" in out
+    (folder / "notes.jpg").write_text("not an image")
+    code, out, err = run_cli(["classify", str(folder), "--url", triton.grpc_url], capsys)
+    assert code == 1 and "notes.jpg" in out and "not a decodable image" in out and "1 of 4 images failed" in err
+    code, _, err = run_cli(["classify", str(folder), "--url", "127.0.0.1:1"], capsys)
+    assert code == 2 and "cannot reach the Triton server" in err and "python -m server" in err
+    code, _, err = run_cli(["classify", str(folder), "--url", triton.grpc_url, "--model", "resnet21"], capsys)
+    assert code == 2 and "'resnet21' is not served" in err
+
+
+def test_cli_timeout(triton, imagenet_sample, capsys):
+    # a ResNet-50 batch of 16 takes far longer than 50 ms on this CPU
+    code, out, err = run_cli(
+        [
+            "classify",
+            str(imagenet_sample / "*.JPEG"),
+            "--url",
+            triton.grpc_url,
+            "--model",
+            "resnet50",
+            "--batch-size",
+            "16",
+            "--timeout",
+            "0.05",
+        ],
+        capsys,
+    )
+    assert code == 1 and "timed out after 0.05 s" in out
+
+
+def test_cli_models_lists_readiness(triton, capsys):
+    code, out, _ = run_cli(["models", "--url", triton.grpc_url, "--json"], capsys)
+    models = {m["name"]: m for m in json.loads(out)}
+    assert code == 0 and models["resnet20"]["state"] == "READY" and "preprocess_imagenet" in models
+    code, _, err = run_cli(["models", "--url", "127.0.0.1:1"], capsys)
+    assert code == 2 and "cannot reach" in err
+
+
+def test_png_and_rgba_inputs(triton, cifar_jpg):
+    image = Image.open(test_files(cifar_jpg, 1)[0]).convert("RGBA")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    with Classifier(triton.grpc_url, model="resnet20") as clf:
+        assert clf.classify([buffer.getvalue(), image], top_k=1)[0] == clf.classify([image], top_k=1)[0]
