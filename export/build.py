@@ -31,7 +31,7 @@ from export.quantize import (
     to_fp16,
 )
 from export.runtime import Engine, EngineError, OnnxRuntimeEngine, load_engine, write_manifest
-from resnets.checkpoint import load_checkpoint
+from resnets.checkpoint import load_checkpoint, save_checkpoint
 from resnets.data import default_cifar_dir, load_cifar10
 from resnets.env import environment
 from resnets.evaluate import accuracy_report
@@ -153,12 +153,20 @@ class ExportBuilder:
         if cfg.checkpoint is not None:
             self.model, ckpt = load_checkpoint(cfg.checkpoint, cfg.arch)
             self.arch, meta = ckpt["arch"], ckpt.get("meta", {})
-            weights = "trained"
+            weights, checkpoint = "trained", cfg.checkpoint
         else:
             torch.manual_seed(cfg.seed)
             self.arch, meta, weights = cfg.arch, {}, "random (untrained: for serving and speed tests, not accuracy)"
             self.model = build(cfg.arch).eval()
             _calibrate_random_bn(self.model, arch_spec(cfg.arch).dataset.input_shape)
+            # saved, so PyTorch peers in the benchmarks run the very same weights
+            checkpoint = save_checkpoint(
+                self.out / "random_weights.pt",
+                self.model,
+                cfg.arch,
+                shortcut=arch_spec(cfg.arch).shortcut,
+                meta={"weights": weights},
+            )
         self.spec = arch_spec(self.arch).dataset
         self.labels = self.spec.labels(cfg.labels)
         (self.out / "labels.txt").write_text("\n".join(self.labels) + "\n")
@@ -166,7 +174,7 @@ class ExportBuilder:
             "arch": self.arch,
             "dataset": self.spec.name,
             "weights": weights,
-            "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
+            "checkpoint": str(checkpoint),
             "checkpoint_test_top1": meta.get("test", {}).get("top1"),
         }
         log.info(

@@ -1,0 +1,34 @@
+"""CI accuracy gate: compare measured top-1/top-5 with committed baselines; name every regression."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def load_baselines(path: str | Path) -> list[dict]:
+    data = json.loads(Path(path).read_text())
+    return data["entries"]
+
+
+def check(accuracy: list[dict], baselines: list[dict], *, require_all: bool = True) -> list[str]:
+    """Regressions (empty list = pass). Each accuracy record is matched to the baseline of its
+    model/engine/precision; both offline and served figures must stay within the tolerance."""
+    problems = []
+    measured = {(r["model"], r["engine"], r["precision"]) for r in accuracy}
+    for base in baselines:
+        key = (base["model"], base["engine"], base["precision"])
+        name = "/".join(key)
+        if key not in measured:
+            if require_all:
+                problems.append(f"{name}: no accuracy measured (engine missing from the run?)")
+            continue
+        for record in (r for r in accuracy if (r["model"], r["engine"], r["precision"]) == key):
+            for metric in ("top1", "top5"):
+                got, want = record[f"{metric}_pct"], base[metric]
+                if got < want - base["tolerance_pct"]:
+                    problems.append(
+                        f"{name} ({record['where']}): {metric} {got:.2f}% is below the baseline "
+                        f"{want:.2f}% - {base['tolerance_pct']} points"
+                    )
+    return problems

@@ -1,0 +1,132 @@
+"""The benchmark suite: a quick run against the real server, served = offline accuracy, and the CI gate."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import gate
+from benchmarks import run as bench
+from export.build import ExportBuilder, ExportConfig
+from resnets.checkpoint import load_checkpoint, save_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BASELINES = REPO_ROOT / "benchmarks" / "baselines.json"
+
+
+def common_args(default_repository, tmp_path, *extra):
+    return ["--repository", str(default_repository / "models"), "--build-dir", str(default_repository / "build"),
+            "--out", str(tmp_path / "out"), *extra]
+
+
+@pytest.mark.server
+def test_quick_suite_writes_results_report_and_plots(triton, default_repository, tmp_path):
+    args = common_args(default_repository, tmp_path, "--suite", "quick", "--duration", "0.5", "--url",
+                       triton.grpc_url, "--http-url", triton.http_url)
+    assert bench.main(args) == 0
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema_version"] == 1 and results["environment"]["cpu_cores"] >= 1
+    assert results["environment"]["versions"]["onnxruntime"]
+    offline = {(r["engine"], r["precision"], r["batch_size"]) for r in results["offline"]}
+    assert {("pytorch", "fp32", 64), ("pytorch", "bf16", 64), ("onnxruntime", "int8", 1),
+            ("openvino", "int8", 64)} <= offline
+    for r in results["offline"]:
+        assert r["throughput_img_s"] > 0 and r["latency_ms_p50"] <= r["latency_ms_p99"] and r["iterations"] >= 5
+    served = results["served"]
+    assert {(r["protocol"], r["payload"], r["mode"]) for r in served} >= {
+        ("grpc", "jpeg", "closed"), ("http", "jpeg", "closed"), ("grpc", "tensor", "closed"), ("grpc", "jpeg", "open")}
+    for r in served:
+        assert r["errors"] == 0 and r["requests_ok"] > 0
+    breakdown = next(r for r in served if r["concurrency"] == 16 and r["payload"] == "jpeg")["server"]
+    classifier = next(v for k, v in breakdown.items() if k.endswith("_classifier"))
+    assert classifier["compute_infer_ms"] > 0 and classifier["avg_batch_size"] > 1  # the batcher batched
+    assert any(key.startswith("resnet20 served/offline") for key in results["ratios"])
+    report = (out / "report.md").read_text()
+    assert "## Offline engines" in report and "## Served through Triton" in report and "## Accuracy" in report
+    assert (out / "throughput_resnet20.png").stat().st_size > 10_000
+    assert (out / "latency_vs_throughput.png").stat().st_size > 10_000
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_served_top1_equals_offline_top1_for_every_engine(triton, default_repository, tmp_path):
+    """The accuracy suite through the real server, with the committed baselines as the gate."""
+    args = common_args(default_repository, tmp_path, "--suite", "accuracy", "--url", triton.grpc_url,
+                       "--check", str(BASELINES))
+    assert bench.main(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    served = [r for r in results["accuracy"] if r["where"] == "served"]
+    assert {(r["engine"], r["precision"]) for r in served} == {
+        (e, p) for e in ("onnxruntime", "openvino") for p in ("fp32", "int8")}
+    for r in served:
+        offline = next(o for o in results["accuracy"] if o["where"] == "offline"
+                       and (o["engine"], o["precision"]) == (r["engine"], r["precision"]))
+        assert r["n"] == 10_000 and r["top1_pct"] == offline["top1_pct"] and r["top5_pct"] == offline["top5_pct"]
+        assert r["top1_agreement_with_offline_pct"] == 100.0
+    assert results["gate"]["regressions"] == []
+
+
+def test_gate_logic():
+    baselines = [{"model": "m", "engine": "e", "precision": "fp32", "top1": 90.0, "top5": 99.0, "tolerance_pct": 0.3}]
+    ok = [{"model": "m", "engine": "e", "precision": "fp32", "where": "offline", "top1_pct": 89.8, "top5_pct": 99.0}]
+    assert gate.check(ok, baselines) == []
+    bad = [{**ok[0], "top1_pct": 89.6}]
+    assert gate.check(bad, baselines) == ["m/e/fp32 (offline): top1 89.60% is below the baseline 90.00% - 0.3 points"]
+    assert "no accuracy measured" in gate.check([], baselines)[0]
+    assert gate.check([], baselines, require_all=False) == []
+
+
+@pytest.mark.slow
+def test_gate_fails_on_a_degraded_model_and_passes_on_the_real_one(resnet20_checkpoint, cifar_jpg, tmp_path, caplog):
+    def accuracy_run(checkpoint: Path, name: str) -> tuple[int, dict]:
+        build = tmp_path / name / "build"
+        ExportBuilder(ExportConfig(checkpoint=checkpoint, out=build / "resnet20", engines=("onnxruntime",),
+                                   precisions=("fp32",), tensorrt_ready=False, evaluate=False)).run()
+        out = tmp_path / name / "out"
+        code = bench.main(["--suite", "accuracy", "--no-server", "--engines", "pytorch,onnxruntime",
+                           "--precisions", "fp32", "--build-dir", str(build), "--data-dir", str(cifar_jpg),
+                           "--check", str(BASELINES), "--out", str(out)])
+        return code, json.loads((out / "results.json").read_text())
+
+    code, results = accuracy_run(resnet20_checkpoint, "real")
+    assert code == 0 and results["gate"]["regressions"] == []
+
+    model, ckpt = load_checkpoint(resnet20_checkpoint)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("conv2.weight"):
+                param.add_(torch.randn(param.shape, generator=gen) * param.std() * 0.5)
+    degraded = save_checkpoint(tmp_path / "degraded.pt", model, "resnet20", shortcut="A", meta={})
+    code, results = accuracy_run(degraded, "degraded")
+    regressions = results["gate"]["regressions"]
+    assert code == 1
+    assert any(r.startswith("resnet20/onnxruntime/fp32 (offline): top1") for r in regressions), regressions
+    assert any(r.startswith("resnet20/pytorch/fp32 (offline): top1") for r in regressions), regressions
+    assert "accuracy regression: resnet20/onnxruntime/fp32" in caplog.text
+
+
+def test_bad_benchmark_arguments(tmp_path):
+    with pytest.raises(SystemExit, match="unknown engine"):
+        bench.main(["--engines", "tensorflow", "--out", str(tmp_path)])
+
+
+def test_run_py_is_a_script():
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "run.py"), "--help"],
+                            capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0 and "--suite" in result.stdout
+
+
+def test_percentiles():
+    from benchmarks.offline import percentiles_ms
+
+    figures = percentiles_ms(list(np.linspace(0.001, 0.1, 100)))
+    assert figures["latency_ms_p50"] == pytest.approx(50.5, abs=0.1) and figures["latency_ms_p99"] > 98
