@@ -28,6 +28,7 @@ from benchmarks import accuracy as acc
 from benchmarks import gate, report
 from benchmarks.load import Payload, run_load
 from benchmarks.offline import time_engine
+from client.classifier import Connection
 from export.runtime import Engine, EngineError, TorchEngine, default_threads, load_engine
 from resnets.console import progress
 from resnets.data import default_cifar_dir, scan_image_folder
@@ -326,11 +327,22 @@ class Benchmark:
         for model in self.suite.models:
             for engine, ensemble in self.served_models(model):
                 classifier = f"{ensemble}_classifier"
-                tensor_batch, encoded = self.sample_batch(model, 64)
+                _, encoded = self.sample_batch(model, 1)
                 jpeg = Payload(
                     ensemble, "image", "BYTES", [np.array([[b]], dtype=np.object_) for b in encoded[:256]], "jpeg"
                 )
-                tensor = Payload(classifier, "input", "FP32", [tensor_batch[i : i + 1] for i in range(64)], "tensor")
+                # the classifier's own input (uint8 pixels or float32), made as the client library makes it
+                connection = Connection(grpc_url, "grpc", 60.0)
+                info = connection.model_info(classifier)
+                connection.close()
+                tensors = info.prepare(encoded[:64])
+                tensor = Payload(
+                    classifier,
+                    info.input_name,
+                    info.input_datatype,
+                    [tensors[i : i + 1] for i in range(len(tensors))],
+                    "tensor",
+                )
                 stats = [ensemble, f"preprocess_{self.dataset(model)}", classifier]
                 runs = [("grpc", jpeg, c) for c in self.suite.concurrency]
                 runs += [("http", jpeg, c) for c in self.suite.http_concurrency]

@@ -20,27 +20,52 @@ BASELINES = REPO_ROOT / "benchmarks" / "baselines.json"
 
 
 def common_args(default_repository, tmp_path, *extra):
-    return ["--repository", str(default_repository / "models"), "--build-dir", str(default_repository / "build"),
-            "--out", str(tmp_path / "out"), *extra]
+    return [
+        "--repository",
+        str(default_repository / "models"),
+        "--build-dir",
+        str(default_repository / "build"),
+        "--out",
+        str(tmp_path / "out"),
+        *extra,
+    ]
 
 
 @pytest.mark.server
 def test_quick_suite_writes_results_report_and_plots(triton, default_repository, tmp_path):
-    args = common_args(default_repository, tmp_path, "--suite", "quick", "--duration", "0.5", "--url",
-                       triton.grpc_url, "--http-url", triton.http_url)
+    args = common_args(
+        default_repository,
+        tmp_path,
+        "--suite",
+        "quick",
+        "--duration",
+        "0.5",
+        "--url",
+        triton.grpc_url,
+        "--http-url",
+        triton.http_url,
+    )
     assert bench.main(args) == 0
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
     assert results["schema_version"] == 1 and results["environment"]["cpu_cores"] >= 1
     assert results["environment"]["versions"]["onnxruntime"]
     offline = {(r["engine"], r["precision"], r["batch_size"]) for r in results["offline"]}
-    assert {("pytorch", "fp32", 64), ("pytorch", "bf16", 64), ("onnxruntime", "int8", 1),
-            ("openvino", "int8", 64)} <= offline
+    assert {
+        ("pytorch", "fp32", 64),
+        ("pytorch", "bf16", 64),
+        ("onnxruntime", "int8", 1),
+        ("openvino", "int8", 64),
+    } <= offline
     for r in results["offline"]:
         assert r["throughput_img_s"] > 0 and r["latency_ms_p50"] <= r["latency_ms_p99"] and r["iterations"] >= 5
     served = results["served"]
     assert {(r["protocol"], r["payload"], r["mode"]) for r in served} >= {
-        ("grpc", "jpeg", "closed"), ("http", "jpeg", "closed"), ("grpc", "tensor", "closed"), ("grpc", "jpeg", "open")}
+        ("grpc", "jpeg", "closed"),
+        ("http", "jpeg", "closed"),
+        ("grpc", "tensor", "closed"),
+        ("grpc", "jpeg", "open"),
+    }
     for r in served:
         assert r["errors"] == 0 and r["requests_ok"] > 0
     breakdown = next(r for r in served if r["concurrency"] == 16 and r["payload"] == "jpeg")["server"]
@@ -57,16 +82,21 @@ def test_quick_suite_writes_results_report_and_plots(triton, default_repository,
 @pytest.mark.slow
 def test_served_top1_equals_offline_top1_for_every_engine(triton, default_repository, tmp_path):
     """The accuracy suite through the real server, with the committed baselines as the gate."""
-    args = common_args(default_repository, tmp_path, "--suite", "accuracy", "--url", triton.grpc_url,
-                       "--check", str(BASELINES))
+    args = common_args(
+        default_repository, tmp_path, "--suite", "accuracy", "--url", triton.grpc_url, "--check", str(BASELINES)
+    )
     assert bench.main(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     served = [r for r in results["accuracy"] if r["where"] == "served"]
     assert {(r["engine"], r["precision"]) for r in served} == {
-        (e, p) for e in ("onnxruntime", "openvino") for p in ("fp32", "int8")}
+        (e, p) for e in ("onnxruntime", "openvino") for p in ("fp32", "int8")
+    }
     for r in served:
-        offline = next(o for o in results["accuracy"] if o["where"] == "offline"
-                       and (o["engine"], o["precision"]) == (r["engine"], r["precision"]))
+        offline = next(
+            o
+            for o in results["accuracy"]
+            if o["where"] == "offline" and (o["engine"], o["precision"]) == (r["engine"], r["precision"])
+        )
         assert r["n"] == 10_000 and r["top1_pct"] == offline["top1_pct"] and r["top5_pct"] == offline["top5_pct"]
         assert r["top1_agreement_with_offline_pct"] == 100.0
     assert results["gate"]["regressions"] == []
@@ -86,12 +116,36 @@ def test_gate_logic():
 def test_gate_fails_on_a_degraded_model_and_passes_on_the_real_one(resnet20_checkpoint, cifar_jpg, tmp_path, caplog):
     def accuracy_run(checkpoint: Path, name: str) -> tuple[int, dict]:
         build = tmp_path / name / "build"
-        ExportBuilder(ExportConfig(checkpoint=checkpoint, out=build / "resnet20", engines=("onnxruntime",),
-                                   precisions=("fp32",), tensorrt_ready=False, evaluate=False)).run()
+        ExportBuilder(
+            ExportConfig(
+                checkpoint=checkpoint,
+                out=build / "resnet20",
+                engines=("onnxruntime",),
+                precisions=("fp32",),
+                tensorrt_ready=False,
+                evaluate=False,
+            )
+        ).run()
         out = tmp_path / name / "out"
-        code = bench.main(["--suite", "accuracy", "--no-server", "--engines", "pytorch,onnxruntime",
-                           "--precisions", "fp32", "--build-dir", str(build), "--data-dir", str(cifar_jpg),
-                           "--check", str(BASELINES), "--out", str(out)])
+        code = bench.main(
+            [
+                "--suite",
+                "accuracy",
+                "--no-server",
+                "--engines",
+                "pytorch,onnxruntime",
+                "--precisions",
+                "fp32",
+                "--build-dir",
+                str(build),
+                "--data-dir",
+                str(cifar_jpg),
+                "--check",
+                str(BASELINES),
+                "--out",
+                str(out),
+            ]
+        )
         return code, json.loads((out / "results.json").read_text())
 
     code, results = accuracy_run(resnet20_checkpoint, "real")
@@ -120,8 +174,9 @@ def test_bad_benchmark_arguments(tmp_path):
 def test_run_py_is_a_script():
     import subprocess
 
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "run.py"), "--help"],
-                            capture_output=True, text=True, cwd="/")
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "run.py"), "--help"], capture_output=True, text=True, cwd="/"
+    )
     assert result.returncode == 0 and "--suite" in result.stdout
 
 

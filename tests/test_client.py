@@ -62,7 +62,7 @@ def test_every_input_kind_and_the_tensor_path_agree(triton, cifar_jpg):
         with Classifier(
             triton.grpc_url, model="resnet20_onnxruntime_fp32_classifier", shared_memory=shared_memory
         ) as tensors:
-            assert tensors.info.kind == "classifier" and tensors.info.input_shape == (3, 32, 32)
+            assert tensors.info.kind == "classifier" and tensors.info.input_shape == (32, 32, 3)
             got = [p[0] for p in tensors.classify(files, top_k=1)]
         assert [g.index for g in got] == [e.index for e in expected]
         assert [g.score for g in got] == pytest.approx([e.score for e in expected], abs=1e-4)

@@ -51,7 +51,8 @@ def test_cpu_repository_configs(default_repository):
             classes = 10 if name.startswith("resnet20") else 1000
             assert len((models / name / "labels.txt").read_text().splitlines()) == classes
             warmup = (models / name / "warmup" / "sample").read_bytes()
-            assert len(warmup) == 4 * int(np.prod(config.input[0].dims))  # one real preprocessed image
+            itemsize = 1 if config.input[0].data_type == model_config_pb2.TYPE_UINT8 else 4
+            assert len(warmup) == itemsize * int(np.prod(config.input[0].dims))  # one real preprocessed image
             assert {w.batch_size for w in config.model_warmup} >= {1}
         elif name.startswith("preprocess"):
             sample = (models / name / "warmup" / "sample").read_bytes()

@@ -20,7 +20,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from export import load_engine
-from resnets.spec import CIFAR10, preprocess
+from resnets.spec import CIFAR10, preprocess, preprocess_pixels
 
 pytestmark = pytest.mark.server
 
@@ -53,7 +53,8 @@ def test_health_metadata_and_config(triton):
     assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
     config = client.get_model_config("resnet20_onnxruntime_int8_classifier")
     assert config["max_batch_size"] == 256 and config["dynamic_batching"]["preferred_batch_size"]
-    assert config["input"][0]["data_type"] == "TYPE_FP32" and config["input"][0]["dims"] == [3, 32, 32]
+    # uint8 HWC pixels between preprocess and classifier (chosen by measurement, see CPU_PROFILE)
+    assert config["input"][0]["data_type"] == "TYPE_UINT8" and config["input"][0]["dims"] == [32, 32, 3]
     ensemble = client.get_model_config("resnet20")
     assert ensemble["platform"] == "ensemble"
     grpc = grpcclient.InferenceServerClient(triton.grpc_url)
@@ -102,7 +103,7 @@ def test_dynamic_batching_really_batches(triton, cifar_jpg):
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     model = "resnet20_onnxruntime_fp32_classifier"
     before = inference_stats(client, model)
-    images = np.stack([preprocess(f.read_bytes(), CIFAR10) for f in sample_files(cifar_jpg, per_class=20)])
+    images = np.stack([preprocess_pixels(f.read_bytes(), CIFAR10) for f in sample_files(cifar_jpg, per_class=20)])
     done, errors, finished = [], [], threading.Event()
 
     def on_result(result, error):
@@ -111,7 +112,7 @@ def test_dynamic_batching_really_batches(triton, cifar_jpg):
             finished.set()
 
     for image in images:  # 200 single-image requests in flight at once
-        tensor = grpcclient.InferInput("input", [1, 3, 32, 32], "FP32")
+        tensor = grpcclient.InferInput("input", [1, 32, 32, 3], "UINT8")
         tensor.set_data_from_numpy(image[None])
         client.async_infer(model, [tensor], on_result)
     assert finished.wait(120) and not errors
@@ -185,11 +186,11 @@ def test_bad_tensor_requests_get_clear_errors(triton):
             client.infer(model_name, [tensor])
         return err.value.message()
 
-    assert "data-type is 'FP64', but model" in infer(np.zeros((1, 3, 32, 32), np.float64), "FP64")
-    message = infer(np.zeros((1, 3, 28, 28), np.float32), "FP32")
-    assert "unexpected shape for input 'input'" in message and "[-1,3,32,32]" in message
-    assert "batch-size must be <= 256" in infer(np.zeros((257, 3, 32, 32), np.float32), "FP32")
-    assert "unknown model" in infer(np.zeros((1, 3, 32, 32), np.float32), "FP32", model_name="resnet21").lower()
+    assert "data-type is 'FP32', but model" in infer(np.zeros((1, 32, 32, 3), np.float32), "FP32")
+    message = infer(np.zeros((1, 28, 28, 3), np.uint8), "UINT8")
+    assert "unexpected shape for input 'input'" in message and "[-1,32,32,3]" in message
+    assert "batch-size must be <= 256" in infer(np.zeros((257, 32, 32, 3), np.uint8), "UINT8")
+    assert "unknown model" in infer(np.zeros((1, 32, 32, 3), np.uint8), "UINT8", model_name="resnet21").lower()
     assert client.is_server_ready()
 
 

@@ -1,0 +1,137 @@
+"""Measure serving settings side by side: the data behind ``export.repository.CPU_PROFILE``.
+
+    python -m benchmarks.profile_sweep --build-dir build --engine onnxruntime-int8 --out benchmarks/results/sweep
+
+For each variant (instances x engine threads, classifier input dtype, batching window) a repository
+with just that model is written, the real server is started on it, and the JPEG ensemble is driven
+in closed loop at each concurrency. Prints one JSON object and writes OUT/sweep.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from benchmarks.load import Payload, run_load
+from export.repository import CPU_PROFILE, write_repository
+from resnets.data import default_cifar_dir, scan_image_folder
+from resnets.env import REPO_ROOT, environment
+from server import running
+
+log = logging.getLogger("benchmarks.sweep")
+
+# Each variant states every setting it uses, so the sweep means the same whatever CPU_PROFILE holds.
+BASE = {
+    "classifier_instances": 1,
+    "classifier_threads": 2,
+    "preprocess_instances": 1,
+    "input_dtype": "TYPE_FP32",
+    "max_queue_delay_us": 2000,
+}
+VARIANTS = {
+    "1x2 threads, fp32, delay 2000 us": {},
+    "1x2 threads, fp32, delay 0 us": {"max_queue_delay_us": 0},
+    "1x2 threads, uint8, delay 0 us": {"input_dtype": "TYPE_UINT8", "max_queue_delay_us": 0},
+    "1x2 threads, uint8, delay 500 us": {"input_dtype": "TYPE_UINT8", "max_queue_delay_us": 500},
+    "2x1 thread, uint8, delay 0 us": {
+        "classifier_instances": 2,
+        "classifier_threads": 1,
+        "input_dtype": "TYPE_UINT8",
+        "max_queue_delay_us": 0,
+    },
+    "1x2 threads, uint8, delay 0 us, 2 preprocess": {
+        "input_dtype": "TYPE_UINT8",
+        "max_queue_delay_us": 0,
+        "preprocess_instances": 2,
+    },
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--build-dir", type=Path, default=REPO_ROOT / "build")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--engine", default="onnxruntime-int8")
+    p.add_argument("--concurrency", default="1,16,64")
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--variants", help="comma list of variant numbers (1-based) to run (default: all)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "sweep")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("server").setLevel(logging.WARNING)
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    _, samples = scan_image_folder(default_cifar_dir() / "test")
+    encoded = [path.read_bytes() for path, _ in samples[::40]]  # 250 real test JPEGs across the classes
+    export_dir = args.build_dir / args.model
+    summary = json.loads((export_dir / "export.json").read_text())
+    only = {int(v) for v in args.variants.split(",")} if args.variants else None
+    results = {"environment": environment(), "model": args.model, "engine": args.engine, "variants": []}
+    for number, (name, change) in enumerate(VARIANTS.items(), start=1):
+        if only and number not in only:
+            continue
+        profile = replace(CPU_PROFILE, **{**BASE, **change})
+        with tempfile.TemporaryDirectory() as tmp:
+            trimmed = Path(tmp) / "export"
+            trimmed.mkdir()
+            for item in ("labels.txt",):
+                (trimmed / item).write_text((export_dir / item).read_text())
+            keep = [a for a in summary["artifacts"] if a["name"] == args.engine]
+            (trimmed / "export.json").write_text(json.dumps({**summary, "artifacts": keep}))
+            repo = Path(tmp) / "repo"
+            write_repository(repo, trimmed, profile=profile, default_alias=False)
+            ensemble = f"{args.model}_{args.engine.replace('-', '_')}"
+            payload = Payload(ensemble, "image", "BYTES", [np.array([[b]], dtype=np.object_) for b in encoded], "jpeg")
+            with running(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+                for c in concurrency:
+                    stats = [ensemble, f"preprocess_{summary['model']['dataset']}", f"{ensemble}_classifier"]
+                    r = asyncio.run(
+                        run_load(
+                            server.grpc_url,
+                            "grpc",
+                            payload,
+                            stats_models=stats,
+                            concurrency=c,
+                            duration_s=args.duration,
+                        )
+                    )
+                    clf = r["server"].get(f"{ensemble}_classifier", {})
+                    row = {
+                        "variant": name,
+                        "concurrency": c,
+                        "throughput_img_s": r["throughput_img_s"],
+                        "latency_ms_p50": r.get("latency_ms_p50"),
+                        "latency_ms_p99": r.get("latency_ms_p99"),
+                        "errors": r["errors"],
+                        "classifier_avg_batch": clf.get("avg_batch_size"),
+                        "classifier_queue_ms": clf.get("queue_ms"),
+                        "server": r["server"],
+                    }
+                    results["variants"].append(row)
+                    log.info(
+                        "%-48s c=%-3d %8.1f img/s  p50 %6.2f ms  p99 %6.2f ms  batch %s",
+                        name,
+                        c,
+                        row["throughput_img_s"],
+                        row["latency_ms_p50"] or 0,
+                        row["latency_ms_p99"] or 0,
+                        row["classifier_avg_batch"],
+                    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps([{k: v for k, v in r.items() if k != "server"} for r in results["variants"]], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
