@@ -31,9 +31,9 @@ from benchmarks.offline import time_engine
 from client.classifier import Connection
 from export.runtime import Engine, EngineError, TorchEngine, default_threads, load_engine
 from resnets.console import progress
-from resnets.data import default_cifar_dir, scan_image_folder
+from resnets.data import default_cifar_dir, load_cifar10, scan_image_folder
 from resnets.env import REPO_ROOT, environment
-from resnets.spec import CIFAR10, DATASETS, IMAGENET, normalize, preprocess, preprocess_pixels
+from resnets.spec import CIFAR10, DATASETS, IMAGENET, encode_png, normalize, preprocess, preprocess_pixels
 
 log = logging.getLogger("benchmarks")
 
@@ -233,14 +233,22 @@ class Benchmark:
     # ---- data ------------------------------------------------------------------------------------------
 
     def test_set(self):
-        """The cifar-10-jpg test split: encoded bytes, labels, class names (decoded once)."""
+        """The CIFAR-10 test split: encoded bytes, labels, class names, preprocessed floats (decoded once).
+
+        From an ImageFolder tree the files are sent as they are; from the official batches each image
+        is sent as lossless PNG, so the server decodes exactly the pixels evaluated offline."""
         if self._test_set is None:
-            classes, samples = scan_image_folder(self.cifar_dir / "test")
-            encoded = [path.read_bytes() for path, _ in samples]
-            labels = np.array([label for _, label in samples])
-            pixels = np.stack(
-                [preprocess_pixels(b, CIFAR10, source=str(p)) for b, (p, _) in zip(encoded, samples, strict=True)]
-            )
+            if (self.cifar_dir / "test").is_dir():
+                classes, samples = scan_image_folder(self.cifar_dir / "test")
+                encoded = [path.read_bytes() for path, _ in samples]
+                labels = np.array([label for _, label in samples])
+                pixels = np.stack(
+                    [preprocess_pixels(b, CIFAR10, source=str(p)) for b, (p, _) in zip(encoded, samples, strict=True)]
+                )
+            else:
+                data = load_cifar10(self.cifar_dir, "test")
+                classes, labels, pixels = data.classes, data.labels, data.images
+                encoded = [encode_png(image) for image in pixels]
             self._test_set = (encoded, labels, classes, normalize(pixels, CIFAR10))
         return self._test_set
 

@@ -16,7 +16,6 @@ retried image by image, so one bad image fails alone and every other result is k
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from resnets.spec import DATASETS, ImageError, ImageLike, normalize, preprocess_pixels
+from resnets.spec import DATASETS, ImageError, ImageLike, encode_png, normalize, preprocess_pixels
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 Source = str | Path | ImageLike
@@ -119,11 +118,9 @@ def encode_image(source: Source) -> bytes:
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8:
             raise ImageError(f"image arrays must be uint8 HWC RGB, got dtype {source.dtype}")
-        source = Image.fromarray(source)
+        return encode_png(source)
     if isinstance(source, Image.Image):
-        buffer = io.BytesIO()
-        source.save(buffer, format="PNG")
-        return buffer.getvalue()
+        return encode_png(source)
     raise ImageError(f"cannot classify a {type(source).__name__}; pass a path, bytes, PIL image or uint8 array")
 
 

@@ -463,7 +463,7 @@ class ExportBuilder:
         if self.config.calibration_data is not None:
             return self.config.calibration_data
         if self.spec.name == "cifar10":
-            return default_cifar_dir() / "train"
+            return default_cifar_dir()  # its train split (ImageFolder train/ or the official batches)
         raise ExportConfigError(
             f"INT8 for {self.arch} needs --calibration-data: a folder of training images "
             f"({self.spec.name} preprocessing is applied)"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnets.data import DataLayoutError, is_image_file, load_image_file
+from resnets.data import find_cifar_batches, is_image_file, load_cifar10, load_image_file
 from resnets.spec import DatasetSpec, normalize
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,17 @@ def load_calibration_set(
     """``size`` preprocessed float32 NCHW images, plus ``held_out`` other ones (for choosing a method)."""
     if size < 1:
         raise CalibrationError(f"--calibration-size must be at least 1, got {size}")
+    if spec.name == "cifar10" and find_cifar_batches(Path(directory)) is not None:
+        pixels = load_cifar10(directory, "train").images  # the official training batches
+        order = np.random.default_rng(seed).permutation(len(pixels))
+        log.info(
+            "calibration: %d images from the CIFAR-10 training batches in %s (seed %d), %d held out",
+            size,
+            directory,
+            seed,
+            held_out,
+        )
+        return normalize(pixels[order[:size]], spec), normalize(pixels[order[size : size + held_out]], spec)
     files = calibration_files(directory)
     order = np.random.default_rng(seed).permutation(len(files))
     if len(files) < size:
@@ -60,10 +71,7 @@ def load_calibration_set(
     def load(paths: list[Path]) -> np.ndarray:
         if not paths:
             return np.empty((0, *spec.input_shape), np.float32)
-        try:
-            return normalize(np.stack([load_image_file(p, spec) for p in paths]), spec)
-        except DataLayoutError as exc:
-            raise CalibrationError(str(exc)) from None
+        return normalize(np.stack([load_image_file(p, spec) for p in paths]), spec)
 
     log.info("calibration: %d images from %s (seed %d), %d held out", len(pick), directory, seed, len(rest))
     return load(pick), load(rest)

@@ -43,7 +43,7 @@ def build_default_repository(
         ExportConfig(
             checkpoint=resnet20_checkpoint,
             out=build_dir / "resnet20",
-            calibration_data=cifar_dir / "train",
+            calibration_data=cifar_dir,
             engines=("onnxruntime", "openvino"),
             precisions=("fp32", "int8"),
             tensorrt_ready=True,

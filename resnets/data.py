@@ -152,7 +152,8 @@ def download_cifar10(root: str | Path, url: str = CIFAR10_URL, md5: str = CIFAR1
     return target
 
 
-def _find_cifar_batches(root: Path) -> Path | None:
+def find_cifar_batches(root: Path) -> Path | None:
+    """The folder holding the official python batches under ``root``, if any."""
     for candidate in (root / "cifar-10-batches-py", root):
         if (candidate / "test_batch").is_file() or (candidate / "data_batch_1").is_file():
             return candidate
@@ -191,7 +192,7 @@ def load_cifar10(data_dir: str | Path, split: str = "train", download: bool = Fa
                 f"{list(CIFAR10_CLASSES)}"
             )
         return data
-    batches = _find_cifar_batches(root)
+    batches = find_cifar_batches(root)
     if batches is not None:
         return _load_cifar_batches(batches, split)
     if not root.exists():

@@ -201,6 +201,15 @@ def preprocess_pixels(image: ImageLike, spec: DatasetSpec, *, source: str = "ima
     return resize_center_crop(image, spec)
 
 
+def encode_png(image: Image.Image | np.ndarray) -> bytes:
+    """Lossless PNG bytes of a PIL image or a uint8 HWC array (what the server decodes back exactly)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def array_to_image(array: np.ndarray, *, source: str = "image") -> Image.Image:
     """A uint8 HWC (RGB/RGBA) or HW (grayscale) array to an RGB PIL image."""
     if array.dtype != np.uint8:

@@ -185,3 +185,16 @@ def test_percentiles():
 
     figures = percentiles_ms(list(np.linspace(0.001, 0.1, 100)))
     assert figures["latency_ms_p50"] == pytest.approx(50.5, abs=0.1) and figures["latency_ms_p99"] > 98
+
+
+def test_test_set_from_the_official_batches_is_lossless(tmp_path, cifar_exact):
+    from test_data import write_official_batches
+
+    from resnets.spec import CIFAR10, preprocess_pixels
+
+    _, test, labels = write_official_batches(tmp_path / "cifar-10-batches-py", cifar_exact, n=50)
+    benchmark = bench.Benchmark(bench.parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]))
+    encoded, got_labels, classes, _ = benchmark.test_set()
+    assert list(got_labels) == list(labels) and len(classes) == 10
+    # what the server decodes is exactly the official pixels
+    assert all(np.array_equal(preprocess_pixels(b, CIFAR10), image) for b, image in zip(encoded, test, strict=True))

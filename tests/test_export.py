@@ -264,3 +264,19 @@ def test_tensorrt_engine_without_tensorrt_prints_the_trtexec_command(tmp_path, c
     assert "tensorrt package is not importable" in text and "trtexec --onnx=" in text
     assert (tmp_path / "o" / "tensorrt" / "model_fp16.onnx").is_file()
     assert (tmp_path / "o" / "tensorrt" / "trtexec.sh").is_file()
+
+
+def test_calibration_reads_the_official_batches(tmp_path, cifar_exact):
+    from test_data import write_official_batches
+
+    from export.calibration import load_calibration_set
+    from resnets.spec import CIFAR10
+
+    train, _, _ = write_official_batches(tmp_path / "cifar-10-batches-py", cifar_exact, n=100)
+    calibration, held_out = load_calibration_set(tmp_path, CIFAR10, 64, held_out=16)
+    assert calibration.shape == (64, 3, 32, 32) and held_out.shape == (16, 3, 32, 32)
+    # every calibration image is one of the training images, normalised
+    from resnets.spec import normalize
+
+    pool = normalize(train.reshape(-1, 32, 32, 3), CIFAR10)
+    assert all(np.abs(pool - image).reshape(len(pool), -1).max(1).min() < 1e-6 for image in calibration[:8])

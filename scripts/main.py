@@ -1,0 +1,121 @@
+"""The main job: committed checkpoint -> engines and model repository -> Triton -> classify samples -> quick benchmark.
+
+bash scripts/run.sh            # sets up .venv first, then runs this
+.venv/bin/python scripts/main.py [--skip-benchmark] [--repository model_repository] [--build-dir build]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import run as benchmark  # noqa: E402
+from client import Classifier  # noqa: E402
+from client.__main__ import print_table  # noqa: E402
+from export.default_repository import IMAGENET_SAMPLE, build_default_repository  # noqa: E402
+from resnets.data import DataLayoutError, default_cifar_dir, download_cifar10, load_cifar10  # noqa: E402
+from resnets.env import REPO_ROOT  # noqa: E402
+from server import running  # noqa: E402
+
+log = logging.getLogger("main")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def cifar_data() -> Path:
+    """The CIFAR-10 data to use; downloads the official release (md5-checked) when none is found."""
+    directory = default_cifar_dir()
+    try:
+        load_cifar10(directory, "test")
+    except DataLayoutError:
+        log.info("no CIFAR-10 data in %s: downloading the official release", directory)
+        download_cifar10(directory)
+    return directory
+
+
+def sample_images(cifar_dir: Path) -> tuple[list, list[Path]]:
+    """One CIFAR-10 test image per class (files, or arrays from the official batches), three ImageNet samples."""
+    if (cifar_dir / "test").is_dir():
+        cifar = [sorted(d.glob("*.jpg"))[0] for d in sorted((cifar_dir / "test").iterdir()) if d.is_dir()]
+    else:
+        test = load_cifar10(cifar_dir, "test")
+        cifar = [test.images[list(test.labels).index(c)] for c in range(10)]
+    imagenet = sorted(IMAGENET_SAMPLE.glob("*.JPEG"))[:3] if IMAGENET_SAMPLE.is_dir() else []
+    return cifar, imagenet
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
+    p.add_argument("--build-dir", type=Path, default=REPO_ROOT / "build")
+    p.add_argument("--skip-export", action="store_true", help="serve the repository as it is")
+    p.add_argument("--skip-benchmark", action="store_true")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "quick")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("server", "nncf", "export", "export.calibration", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    start = time.perf_counter()
+
+    cifar_dir = cifar_data()
+    if not args.skip_export:
+        log.info(
+            "1/4 exporting checkpoints/resnet20.pt (ONNX Runtime + OpenVINO, FP32 + INT8) and a random-weight "
+            "ImageNet ResNet-50 into %s",
+            args.repository,
+        )
+        build_default_repository(args.repository, args.build_dir, cifar_dir=cifar_dir)
+    ports = (8000, 8001, 8002) if all(port_free(p) for p in (8000, 8001, 8002)) else (0, 0, 0)
+    log.info("2/4 starting the Triton Inference Server on %s", args.repository)
+    with running(args.repository, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2]) as server:
+        log.info("Triton is ready: HTTP %s, gRPC %s, metrics %s", server.http_url, server.grpc_url, server.metrics_url)
+        cifar, imagenet = sample_images(cifar_dir)
+        log.info("3/4 classifying sample images over gRPC")
+        with Classifier(server.grpc_url, "grpc", "resnet20") as clf:
+            print("\nresnet20 (CIFAR-10, committed checkpoint, engine behind the 'resnet20' ensemble):")
+            print_table(clf.classify_detailed(cifar, top_k=3), top_k=3)
+        if imagenet:
+            with Classifier(server.grpc_url, "grpc", "resnet50") as clf:
+                print(
+                    "\nresnet50 (ImageNet preprocessing; RANDOM weights unless you exported torchvision ones, "
+                    "so these labels mean nothing):"
+                )
+                print_table(clf.classify_detailed(imagenet, top_k=1), top_k=1)
+        print(flush=True)
+        if not args.skip_benchmark:
+            log.info("4/4 quick benchmark (offline engines, served load, accuracy) -> %s", args.out)
+            code = benchmark.main(
+                [
+                    "--suite",
+                    "quick",
+                    "--url",
+                    server.grpc_url,
+                    "--http-url",
+                    server.http_url,
+                    "--repository",
+                    str(args.repository),
+                    "--build-dir",
+                    str(args.build_dir),
+                    "--data-dir",
+                    str(cifar_dir),
+                    "--out",
+                    str(args.out),
+                ]
+            )
+            if code:
+                return code
+    log.info("done in %.0f s; report: %s", time.perf_counter() - start, args.out / "report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
