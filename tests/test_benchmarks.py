@@ -81,10 +81,8 @@ def test_quick_suite_writes_results_report_and_plots(triton, default_repository,
 @pytest.mark.server
 @pytest.mark.slow
 def test_served_top1_equals_offline_top1_for_every_engine(triton, default_repository, tmp_path):
-    """The accuracy suite through the real server, with the committed baselines as the gate."""
-    args = common_args(
-        default_repository, tmp_path, "--suite", "accuracy", "--url", triton.grpc_url, "--check", str(BASELINES)
-    )
+    """The accuracy suite through the real server (.ci/run runs it once more with the baseline gate)."""
+    args = common_args(default_repository, tmp_path, "--suite", "accuracy", "--url", triton.grpc_url)
     assert bench.main(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     served = [r for r in results["accuracy"] if r["where"] == "served"]
@@ -99,7 +97,6 @@ def test_served_top1_equals_offline_top1_for_every_engine(triton, default_reposi
         )
         assert r["n"] == 10_000 and r["top1_pct"] == offline["top1_pct"] and r["top5_pct"] == offline["top5_pct"]
         assert r["top1_agreement_with_offline_pct"] == 100.0
-    assert results["gate"]["regressions"] == []
 
 
 def test_gate_logic():
