@@ -107,6 +107,34 @@ def render(results: dict) -> str:
             ],
             rows,
         )
+    if results.get("transport"):
+        lines += ["", "## Tensor transport: system shared memory vs in-band (loopback gRPC)", ""]
+        rows = [
+            [
+                r["model"],
+                "shared memory" if r["shared_memory"] else "in-band",
+                r["batch_size"],
+                r["request_bytes"],
+                r["throughput_img_s"],
+                r["latency_ms_p50"],
+                r["server_compute_input_ms"],
+                r["server_compute_infer_ms"],
+            ]
+            for r in results["transport"]
+        ]
+        lines += _table(
+            [
+                "classifier",
+                "transport",
+                "batch",
+                "request bytes",
+                "img/s",
+                "p50 ms",
+                "server compute input ms",
+                "server compute infer ms",
+            ],
+            rows,
+        )
     if results.get("ratios"):
         lines += ["", "## Ratios", ""]
         lines += _table(["what", "value"], [[k, v] for k, v in results["ratios"].items()])

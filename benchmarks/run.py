@@ -38,7 +38,7 @@ from resnets.spec import CIFAR10, DATASETS, IMAGENET, encode_png, normalize, pre
 log = logging.getLogger("benchmarks")
 
 SCHEMA_VERSION = 1
-ENGINES = ("pytorch", "onnxruntime", "openvino")
+ENGINES = ("pytorch", "onnxruntime", "openvino", "gpu")
 
 
 @dataclass
@@ -57,7 +57,8 @@ class Suite:
     served: bool = True
     accuracy: bool = True
     pytorch_bf16: bool = True
-    precisions: tuple[str, ...] = ("fp32", "bf16", "int8")
+    transport: bool = False  # shared memory vs in-band tensors (benchmarks/transport.py)
+    precisions: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
     extra: dict = field(default_factory=dict)
 
 
@@ -85,6 +86,7 @@ SUITES = {
         (16, 64),
         (0.25, 0.5, 0.9),
         "all",
+        transport=True,
     ),
     "accuracy": Suite(
         "accuracy",
@@ -223,6 +225,10 @@ class Benchmark:
                             TorchEngine(self.checkpoint(model), precision=precision, threads=self.threads),
                         )
                     )
+        if "pytorch" in self.engines and torch_cuda_available():
+            from benchmarks.cuda_peers import MODES, CudaTorchEngine
+
+            engines += [(f"pytorch-{mode}", "fp16", CudaTorchEngine(self.checkpoint(model), mode)) for mode in MODES]
         for engine, precision, path in self.engine_dirs(model):
             try:
                 engines.append((engine, precision, load_engine(path, threads=self.threads)))
@@ -384,6 +390,24 @@ class Benchmark:
                         )
                     )
                     self._add_served(model, engine, result)
+
+    def run_transport(self, grpc_url: str) -> None:
+        from benchmarks import transport
+
+        rows = []
+        for model in self.suite.models:
+            written = json.loads((self.args.repository / f".{model}.models.json").read_text())
+            classifier = written["classifiers"][0]
+            _, encoded = self.sample_batch(model, 1)
+            batch = {"cifar10": 256, "imagenet": 32}[self.dataset(model)]
+            images = [encoded[i % len(encoded)] for i in range(batch)]
+            rows += transport.measure(
+                grpc_url, classifier, images, batch_size=batch, duration_s=self.suite.served_duration_s
+            )
+        self.results["transport"] = rows
+        for model, ratio in transport.summarize(rows).items():
+            self.results["ratios"][f"{model} shared memory / in-band img/s"] = ratio
+            log.info("transport %s: shared memory / in-band = %.3f", model, ratio)
 
     def _add_served(self, model: str, engine: str, result: dict) -> None:
         result = {"arch": model, "engine": engine, **result}
@@ -572,8 +596,16 @@ class Benchmark:
     def _served_phase(self, grpc_url: str, http_url: str) -> None:
         if self.suite.concurrency:
             self.run_served(grpc_url, http_url)
+        if self.suite.transport:
+            self.run_transport(grpc_url)
         if self.suite.accuracy:
             self.run_accuracy(grpc_url)
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _http_from_grpc(url: str) -> str:

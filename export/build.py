@@ -41,6 +41,7 @@ from resnets.spec import INPUT_NAME, OUTPUT_NAME, normalize
 log = logging.getLogger("export")
 
 ENGINE_PRECISIONS = {
+    "gpu": ("fp16", "int8"),
     "onnxruntime": ("fp32", "int8"),
     "openvino": ("fp32", "bf16", "fp16", "int8"),
     "tensorrt": ("fp16", "int8"),
@@ -291,6 +292,30 @@ class ExportBuilder:
             convert_ir(self.onnx_path, directory / "model.xml")
         self._add(Artifact("openvino", precision, directory, "model.xml", details))
 
+    def _build_gpu(self, precision: str) -> None:
+        try:
+            from export.gpu.engine import build_gpu_engine
+        except ImportError as exc:
+            raise ImportError(f"the GPU engine needs the triton package: pip install triton ({exc})") from None
+        directory = self.out / f"gpu-{precision}"
+        calibration = self.calibration()[0] if precision == "int8" else None
+        method = (
+            "minmax"
+            if self.config.calibration_method not in ("minmax", "percentile")
+            else (self.config.calibration_method)
+        )
+        build_gpu_engine(
+            self.prepared,
+            directory,
+            precision=precision,
+            input_shape=self.spec.input_shape,
+            calibration=calibration,
+            method=method,
+            max_batch=self.config.max_batch,
+        )
+        details = {"calibration": {"images": len(calibration), "method": method}} if calibration is not None else {}
+        self._add(Artifact("gpu", precision, directory, "plan.json", details), device="cuda")
+
     def build_tensorrt_ready(self) -> None:
         if not (self.config.tensorrt_ready or "tensorrt" in self.config.engines):
             return
@@ -346,7 +371,7 @@ class ExportBuilder:
         }
         base = results["pytorch-fp32"]
         parity = {}
-        engines: list[tuple[str, Engine]] = [(a.name, self.load(a)) for a in self.artifacts]
+        engines: list[tuple[str, Engine]] = [(a.name, self.load(a)) for a in self.runnable()]
         for name, path in getattr(self, "calibration_candidates", {}).items():
             engines.append((f"onnxruntime-int8[{name}]", OnnxRuntimeEngine(path, threads=self.config.threads)))
         for name, path in getattr(self, "tensorrt", {}).items():
@@ -399,7 +424,7 @@ class ExportBuilder:
         exported = fusion.onnx_graph_counts(self.onnx_path, "exported ONNX (unoptimized)", len(source["adds"]))
         exported.is_source = True
         rows.append(exported)
-        for artifact in self.artifacts:
+        for artifact in self.runnable():
             if artifact.engine == "onnxruntime":
                 optimized = self.reports / f"{artifact.name}.optimized.onnx"
                 OnnxRuntimeEngine(
@@ -431,7 +456,7 @@ class ExportBuilder:
 
     # ---- helpers -----------------------------------------------------------------------------------
 
-    def _add(self, artifact: Artifact) -> None:
+    def _add(self, artifact: Artifact, device: str | None = None) -> None:
         manifest = {
             "engine": artifact.engine,
             "precision": artifact.precision,
@@ -439,7 +464,7 @@ class ExportBuilder:
             "arch": self.arch,
             "dataset": self.spec.name,
             "num_classes": len(self.labels),
-            "device": self.config.device,
+            "device": device or self.config.device,
             "input": {"name": INPUT_NAME, "shape": [-1, *self.spec.input_shape], "dtype": "float32"},
             "output": {"name": OUTPUT_NAME, "shape": [-1, len(self.labels)], "dtype": "float32"},
             "weights": self.summary["model"]["weights"],
@@ -447,10 +472,20 @@ class ExportBuilder:
             **artifact.details,
         }
         write_manifest(artifact.directory, manifest)
-        engine = self.load(artifact)  # proves it loads; records what really runs
-        artifact.details["runs"] = {k: engine.info()[k] for k in ("engine", "precision", "threads")}
+        try:
+            engine = self.load(artifact)  # proves it loads; records what really runs
+            artifact.details["runs"] = {k: engine.info()[k] for k in ("engine", "precision", "threads")}
+        except EngineError as exc:
+            if artifact.engine != "gpu":
+                raise
+            artifact.details["runs"] = f"not run here: {exc}"  # built on a machine without CUDA
+            log.warning("%s built but not loadable here: %s", artifact.name, exc)
         self.artifacts.append(artifact)
         log.info("engine %-18s -> %s", artifact.name, artifact.directory)
+
+    def runnable(self) -> list[Artifact]:
+        """Artifacts that run on this machine (a GPU engine built without CUDA does not)."""
+        return [a for a in self.artifacts if isinstance(a.details.get("runs"), dict)]
 
     def load(self, artifact: Artifact) -> Engine:
         return load_engine(artifact.directory, threads=self.config.threads)

@@ -19,7 +19,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MANIFEST = "engine.json"
-ENGINES = ("onnxruntime", "openvino", "pytorch")
+ENGINES = ("onnxruntime", "openvino", "pytorch", "gpu")
 
 
 class EngineError(RuntimeError):
@@ -395,6 +395,12 @@ def load_engine(path: str | Path, *, threads: int | None = None, device: str | N
             return OpenVinoEngine(
                 model_file, precision=manifest.get("precision", "fp32"), threads=threads, device=device, meta=meta
             )
+        if engine == "gpu":
+            try:
+                from export.gpu.engine import GpuEngine
+            except ImportError as exc:
+                raise EngineError(f"the GPU engine needs triton and a CUDA build of torch ({exc})") from None
+            return GpuEngine(path, device=device if device != "cpu" else None, meta=meta, **kwargs)
         raise EngineError(f"{path / MANIFEST} names engine {engine!r}; known engines: {', '.join(ENGINES)}")
     if not path.exists():
         raise EngineError(f"engine {path} not found; run `python -m export --checkpoint ... --out ...` first")

@@ -38,7 +38,7 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
     echo "setup: installing $TORCH_SPEC"
     .venv/bin/python -m pip install -q "$TORCH_SPEC"
 fi
-if ! .venv/bin/python -c 'import resnets, pytest, tritonclient.grpc, openvino, nncf, pytriton' 2>/dev/null \
+if ! .venv/bin/python -c 'import resnets, pytest, yaml, triton, tritonclient.grpc, openvino, nncf, pytriton' 2>/dev/null \
         || [ pyproject.toml -nt .venv/.installed ]; then
     echo "setup: installing resnet-serve and its dependencies into .venv"
     .venv/bin/python -m pip install -q -e ".[dev]"

@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton-lang kernels (the GPU engine) run in Triton's interpreter where there is no CUDA GPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("RESNET_SERVE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -53,6 +58,16 @@ def resnet20_checkpoint() -> Path:
     if not path.is_file():
         pytest.fail(f"{path} is missing: the trained ResNet-20 checkpoint is committed with the project")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu need a CUDA GPU: skip them, with the reason, where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

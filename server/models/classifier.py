@@ -45,6 +45,8 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
+        if hasattr(self.engine, "infer_torch"):  # the GPU engine: tensors stay on the device (DLPack)
+            return self._execute_dlpack(requests)
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         counts = [len(a) for a in arrays]
         batch = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
@@ -60,4 +62,22 @@ class TritonPythonModel:
             tensor = pb_utils.Tensor(self.output_name, logits[start : start + count])
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
             start += count
+        return responses
+
+    def _execute_dlpack(self, requests):
+        import torch
+
+        tensors = [
+            torch.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack()) for r in requests
+        ]
+        counts = [len(t) for t in tensors]
+        try:
+            logits = self.engine.infer_torch(torch.cat(tensors) if len(tensors) > 1 else tensors[0])
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the reason
+            error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        responses = []
+        for part in torch.split(logits, counts):
+            tensor = pb_utils.Tensor.from_dlpack(self.output_name, torch.utils.dlpack.to_dlpack(part.contiguous()))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
