@@ -194,7 +194,7 @@ def test_bad_inputs_get_clear_errors(tmp_path, caplog, resnet20_checkpoint):
     code, text = run_cli(["--checkpoint", str(tmp_path / "r32.pt"), "--arch", "resnet20", "--out", out], caplog)
     assert code == 2 and "does not fit resnet20" in text
     code, text = run_cli(["--checkpoint", str(resnet20_checkpoint), "--engines", "tensorflow", "--out", out], caplog)
-    assert code == 2 and "unknown engine(s) tensorflow; choose from onnxruntime, openvino, tensorrt" in text
+    assert code == 2 and "unknown engine(s) tensorflow; choose from gpu, onnxruntime, openvino, tensorrt" in text
     code, text = run_cli(["--checkpoint", str(resnet20_checkpoint), "--precisions", "int4", "--out", out], caplog)
     assert code == 2 and "unknown precision(s) int4" in text
     (tmp_path / "empty").mkdir()

@@ -20,7 +20,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from export import load_engine
-from resnets.spec import CIFAR10, preprocess, preprocess_pixels
+from resnets.spec import CIFAR10, IMAGENET, preprocess, preprocess_pixels
 
 pytestmark = pytest.mark.server
 
@@ -99,11 +99,15 @@ def inference_stats(client, model: str) -> tuple[int, int]:
     return int(stats["inference_count"]), int(stats["execution_count"])
 
 
-def test_dynamic_batching_really_batches(triton, cifar_jpg):
+def test_dynamic_batching_really_batches(triton, imagenet_sample):
+    """200 single-image requests in flight at once at the ResNet-50 classifier (~30 ms an image here):
+    they queue while an execution runs, and Triton's dynamic batcher groups them."""
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    model = "resnet20_onnxruntime_fp32_classifier"
+    model = "resnet50_onnxruntime_fp32_classifier"
     before = inference_stats(client, model)
-    images = np.stack([preprocess_pixels(f.read_bytes(), CIFAR10) for f in sample_files(cifar_jpg, per_class=20)])
+    files = sorted(imagenet_sample.glob("*.JPEG"))[:20]
+    pixels = np.stack([preprocess_pixels(f.read_bytes(), IMAGENET) for f in files])
+    images = pixels[np.arange(200) % len(pixels)]
     done, errors, finished = [], [], threading.Event()
 
     def on_result(result, error):
@@ -111,11 +115,11 @@ def test_dynamic_batching_really_batches(triton, cifar_jpg):
         if len(done) + len(errors) == len(images):
             finished.set()
 
-    for image in images:  # 200 single-image requests in flight at once
-        tensor = grpcclient.InferInput("input", [1, 32, 32, 3], "UINT8")
+    for image in images:
+        tensor = grpcclient.InferInput("input", [1, *image.shape], "UINT8")
         tensor.set_data_from_numpy(image[None])
         client.async_infer(model, [tensor], on_result)
-    assert finished.wait(120) and not errors
+    assert finished.wait(300) and not errors
     inferences, executions = (a - b for a, b in zip(inference_stats(client, model), before, strict=True))
     assert inferences == len(images)
     assert executions < inferences / 2, f"{executions} executions for {inferences} inferences"
