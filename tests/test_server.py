@@ -280,3 +280,18 @@ def test_server_reports_a_missing_repository(tmp_path):
     with pytest.raises(ServerError, match="does not exist; create one with"):
         with running(tmp_path / "nowhere", http_port=0, grpc_port=0, metrics_port=0):
             pass
+
+
+def test_prometheus_metrics_count_requests(triton, cifar_jpg):
+    import urllib.request
+
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    classify(client, grpcclient, "resnet20_onnxruntime_int8", [f.read_bytes() for f in sample_files(cifar_jpg, 1)])
+    with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith("nv_inference_count{") and 'model="resnet20_onnxruntime_int8_classifier"' in line
+    ]
+    assert lines and float(lines[0].rsplit(" ", 1)[1]) >= 10
