@@ -95,8 +95,17 @@ class AsyncClassifier:
             raise ValueError(f"top_k must be between 1 and {self.info.num_classes} for {self.model}, got {top_k}")
         sources = as_list(images)
         chunks = [(sources[i : i + self.batch_size], i) for i in range(0, len(sources), self.batch_size)]
-        parts = await asyncio.gather(*(self._classify_chunk(chunk, start, top_k) for chunk, start in chunks))
-        return [result for part in parts for result in part]
+        parts = await asyncio.gather(
+            *(self._classify_chunk(chunk, start, top_k) for chunk, start in chunks), return_exceptions=True
+        )
+        results = []
+        for (chunk, start), part in zip(chunks, parts, strict=True):
+            if isinstance(part, ServerUnavailable):  # keep the other chunks' results, fail this one's images
+                part = [ImageResult(describe_source(s, start + i), error=str(part)) for i, s in enumerate(chunk)]
+            elif isinstance(part, BaseException):
+                raise part
+            results += part
+        return results
 
     async def _classify_chunk(self, chunk, start: int, top_k: int) -> list[ImageResult]:
         names = [describe_source(s, start + i) for i, s in enumerate(chunk)]

@@ -301,7 +301,13 @@ class Classifier:
         results: list[ImageResult] = []
         for start in range(0, len(sources), self.batch_size):
             chunk = sources[start : start + self.batch_size]
-            results += self._classify_chunk(chunk, start, top_k)
+            try:
+                results += self._classify_chunk(chunk, start, top_k)
+            except ServerUnavailable as exc:  # the server went away: keep what was classified, fail the rest
+                results += [
+                    ImageResult(describe_source(s, start + i), error=str(exc)) for i, s in enumerate(sources[start:])
+                ]
+                break
         return results
 
     def _check_top_k(self, top_k: int) -> int:
@@ -349,18 +355,6 @@ class Classifier:
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         result = self.client.infer(self.model, inputs, outputs=[output], **kwargs)
         return result.as_numpy(self.info.output_name)
-
-    def logits(self, images: Sequence[Source] | Source) -> np.ndarray:
-        """Raw logits (float32 [N, classes]) for images that must all succeed."""
-        sources = as_list(images)
-        outs = []
-        for start in range(0, len(sources), self.batch_size):
-            batch = self.info.prepare(sources[start : start + self.batch_size], start)
-            tensor = self.module.InferInput(self.info.input_name, list(batch.shape), self.info.input_datatype)
-            tensor.set_data_from_numpy(batch)
-            output = self.module.InferRequestedOutput(self.info.output_name)
-            outs.append(self.client.infer(self.model, [tensor], outputs=[output]).as_numpy(self.info.output_name))
-        return np.concatenate(outs)
 
     def close(self) -> None:
         if self._shm is not None:

@@ -94,3 +94,14 @@ def triton(default_repository):
 
     with running(default_repository / "models", http_port=0, grpc_port=0, metrics_port=0) as server:
         yield server
+
+
+@pytest.fixture
+def small_repository(default_repository, tmp_path) -> Path:
+    """A repository with one ensemble (ResNet-20 on ONNX Runtime FP32): for tests that start their own server."""
+    import shutil
+
+    repo = tmp_path / "small-repository"
+    for name in ("preprocess_cifar10", "resnet20_onnxruntime_fp32_classifier", "resnet20_onnxruntime_fp32"):
+        shutil.copytree(default_repository / "models" / name, repo / name)
+    return repo

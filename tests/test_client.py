@@ -199,3 +199,24 @@ def test_png_and_rgba_inputs(triton, cifar_jpg):
     image.save(buffer, format="PNG")
     with Classifier(triton.grpc_url, model="resnet20") as clf:
         assert clf.classify([buffer.getvalue(), image], top_k=1)[0] == clf.classify([image], top_k=1)[0]
+
+
+def test_server_going_away_mid_run_keeps_the_results_so_far(small_repository, cifar_jpg):
+    from server import running
+
+    files = test_files(cifar_jpg, 2)[:12]
+    with running(small_repository, http_port=0, grpc_port=0, metrics_port=0) as server:
+        clf = Classifier(server.grpc_url, model="resnet20_onnxruntime_fp32", batch_size=4, retries=1)
+        real, calls = clf._classify_chunk, []
+
+        def chunk_then_stop(chunk, start, top_k):
+            results = real(chunk, start, top_k)
+            calls.append(start)
+            if len(calls) == 1:
+                server.stop()  # the server goes away after the first request
+            return results
+
+        clf._classify_chunk = chunk_then_stop
+        results = clf.classify_detailed(files, top_k=1)
+    assert [r.ok for r in results] == [True] * 4 + [False] * 8
+    assert all("cannot reach the Triton server" in r.error for r in results[4:])

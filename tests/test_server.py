@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -224,15 +225,10 @@ def triton_processes() -> list[str]:
     ]
 
 
-def test_clean_shutdown_leaves_no_process(default_repository, tmp_path):
+def test_clean_shutdown_leaves_no_process(small_repository):
     from server import running
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("preprocess_cifar10", "resnet20_onnxruntime_fp32_classifier", "resnet20_onnxruntime_fp32"):
-        import shutil
-
-        shutil.copytree(default_repository / "models" / name, repo / name)
+    repo = small_repository
     before = set(triton_processes())
     with running(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
         pid = server.process.pid
@@ -243,8 +239,6 @@ def test_clean_shutdown_leaves_no_process(default_repository, tmp_path):
 
 
 def test_model_that_fails_to_load_makes_the_cli_exit_nonzero(default_repository, tmp_path):
-    import shutil
-
     repo = tmp_path / "repo"
     shutil.copytree(default_repository / "models" / "resnet20_onnxruntime_fp32_classifier", repo / "broken")
     config = (repo / "broken" / "config.pbtxt").read_text()
