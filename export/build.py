@@ -124,6 +124,7 @@ class ExportBuilder:
         self._calibration: tuple[np.ndarray, np.ndarray] | None = None
         self._eval: tuple[np.ndarray, np.ndarray, list[str]] | None = None
         self._caches: set[Path] = set()
+        self.calibration_candidates: dict[str, Path] = {}  # "<engine>[<method>]" -> quantized graph
 
     # ---- steps -------------------------------------------------------------------------------------
 
@@ -224,45 +225,47 @@ class ExportBuilder:
         self._add(Artifact("onnxruntime", precision, directory, "model.onnx", details))
 
     def _quantize_onnxruntime(self, directory: Path) -> dict:
-        calibration, held_out = self.calibration()
-        pre = self.preprocessed_onnx()
-        methods = METHODS if self.config.calibration_method == "auto" else (self.config.calibration_method,)
-        candidates = {}
-        for method in methods:
-            start = time.perf_counter()
-            path = directory / (f"model.{method}.onnx" if len(methods) > 1 else "model.onnx")
-            quantize_onnx(pre, path, method, self.calibration_cache(method))
-            candidates[method] = {"seconds": round(time.perf_counter() - start, 1), "path": path}
-        details = {
+        calibration = self.calibration()[0]
+        chosen = self.quantize_best(directory / "model.onnx", symmetric=False, label="onnxruntime-int8")
+        return {
             "calibration": {
                 "images": len(calibration),
                 "source": str(self._calibration_dir()),
                 "activations": "uint8 asymmetric",
                 "weights": "int8 symmetric per-channel",
+                **chosen,
             }
         }
-        if len(methods) > 1:
-            reference = self._fp32_reference(held_out)
-            for method, cand in candidates.items():
-                logits = OnnxRuntimeEngine(cand["path"], threads=self.config.threads).infer(held_out)
-                cand["held_out_agreement"] = round(100.0 * float((logits.argmax(1) == reference).mean()), 2)
-                log.info(
-                    "calibration %s: top-1 agreement with FP32 on %d held-out training images: %.2f%%",
-                    method,
-                    len(held_out),
-                    cand["held_out_agreement"],
-                )
-            best = max(candidates, key=lambda m: candidates[m]["held_out_agreement"])
-            shutil.copyfile(candidates[best]["path"], directory / "model.onnx")
-            self.calibration_candidates = {m: c["path"] for m, c in candidates.items()}
-            details["calibration"]["candidates"] = {
-                m: {k: v for k, v in c.items() if k != "path"} for m, c in candidates.items()
-            }
-        else:
-            best = methods[0]
-        details["calibration"]["method"] = best
-        self.calibration_method = best
-        return details
+
+    def quantize_best(self, target: Path, *, symmetric: bool, label: str) -> dict:
+        """Quantize the pre-processed ONNX into ``target``. With --calibration-method auto every method is
+        tried and the one whose top-1 agrees most with FP32 on held-out *training* images is kept (the
+        test split never chooses); the others stay beside it as ``<name>.<method>.onnx`` for the report."""
+        methods = METHODS if self.config.calibration_method == "auto" else (self.config.calibration_method,)
+        pre = self.preprocessed_onnx()
+        if len(methods) == 1:
+            quantize_onnx(pre, target, methods[0], self.calibration_cache(methods[0]), symmetric_activations=symmetric)
+            return {"method": methods[0]}
+        held_out = self.calibration()[1]
+        reference = self._fp32_reference(held_out)
+        candidates = {}
+        for method in methods:
+            path = target.with_name(f"{target.stem}.{method}.onnx")
+            quantize_onnx(pre, path, method, self.calibration_cache(method), symmetric_activations=symmetric)
+            logits = OnnxRuntimeEngine(path, threads=self.config.threads).infer(held_out)
+            agreement = round(100.0 * float((logits.argmax(1) == reference).mean()), 2)
+            candidates[method] = {"held_out_agreement": agreement}
+            self.calibration_candidates[f"{label}[{method}]"] = path
+            log.info(
+                "%s calibration %s: top-1 agreement with FP32 on %d held-out training images: %.2f%%",
+                label,
+                method,
+                len(held_out),
+                agreement,
+            )
+        best = max(candidates, key=lambda m: candidates[m]["held_out_agreement"])
+        shutil.copyfile(target.with_name(f"{target.stem}.{best}.onnx"), target)
+        return {"method": best, "candidates": candidates}
 
     def _build_openvino(self, precision: str) -> None:
         from export.openvino_build import convert_ir, cpu_capabilities, quantize_ir
@@ -324,13 +327,8 @@ class ExportBuilder:
         directory = self.out / "tensorrt"
         directory.mkdir(exist_ok=True)
         fp16 = to_fp16(self.onnx_path, directory / "model_fp16.onnx")
-        pre = self.preprocessed_onnx()
-        method = getattr(self, "calibration_method", None) or (
-            "minmax" if self.config.calibration_method == "auto" else self.config.calibration_method
-        )
-        int8 = quantize_onnx(
-            pre, directory / "model_int8_qdq.onnx", method, self.calibration_cache(method), symmetric_activations=True
-        )
+        chosen = self.quantize_best(directory / "model_int8_qdq.onnx", symmetric=True, label="tensorrt-ready-int8")
+        int8 = directory / "model_int8_qdq.onnx"
         recipe = tensorrt.write_recipe(
             directory,
             {"fp16": fp16.name, "int8": int8.name},
@@ -343,7 +341,7 @@ class ExportBuilder:
         self.summary["tensorrt"] = {
             "dir": str(directory),
             "recipe": str(recipe),
-            "calibration_method": method,
+            "calibration": chosen,
             "int8_qdq": check_tensorrt_qdq(int8),
         }
         if "tensorrt" in self.config.engines:
@@ -372,8 +370,8 @@ class ExportBuilder:
         base = results["pytorch-fp32"]
         parity = {}
         engines: list[tuple[str, Engine]] = [(a.name, self.load(a)) for a in self.runnable()]
-        for name, path in getattr(self, "calibration_candidates", {}).items():
-            engines.append((f"onnxruntime-int8[{name}]", OnnxRuntimeEngine(path, threads=self.config.threads)))
+        for name, path in self.calibration_candidates.items():
+            engines.append((name, OnnxRuntimeEngine(path, threads=self.config.threads)))
         for name, path in getattr(self, "tensorrt", {}).items():
             engines.append(
                 (f"tensorrt-ready-{name} (on onnxruntime)", OnnxRuntimeEngine(path, threads=self.config.threads))
