@@ -123,6 +123,12 @@ def parse_args(argv):
     p.add_argument("--limit-train", type=int, help="train on a seeded random subset of N images (smoke tests)")
     p.add_argument("--limit-test", type=int, help="evaluate on a seeded random subset of N test images")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out has last.pt")
+    p.add_argument(
+        "--reschedule",
+        action="store_true",
+        help="resume a run with a different --epochs: the lr schedule follows the new length from the "
+        "next epoch on (recorded in the log and the model card)",
+    )
     return p.parse_args(argv)
 
 
@@ -199,12 +205,23 @@ def train(args) -> int:
     forward = torch.compile(model) if args.compile else model
     amp_dtype = torch.bfloat16 if args.amp else None
 
-    start_epoch, history, elapsed_before = 0, [], 0.0
+    start_epoch, history, elapsed_before, changes = 0, [], 0.0, []
     state_path = out / "last.pt"
     if state_path.is_file() and not args.no_resume:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state["recipe"] != _jsonable(asdict(recipe)):
-            raise ValueError(f"{state_path} was written with another recipe; use --no-resume or another --out")
+        saved = state["recipe"]
+        changes = state.get("schedule_changes", [])
+        if saved != _jsonable(asdict(recipe)):
+            if not (args.reschedule and {**saved, "epochs": recipe.epochs} == _jsonable(asdict(recipe))):
+                raise ValueError(
+                    f"{state_path} was written with another recipe ({_recipe_diff(saved, asdict(recipe))}); "
+                    "use --no-resume or another --out"
+                    + ("" if args.reschedule else ", or --reschedule when only --epochs differs")
+                )
+            if state["epoch"] >= epochs:
+                raise ValueError(f"{state_path} has already trained {state['epoch']} epochs; --epochs must be more")
+            changes = changes + [{"at_epoch": state["epoch"], "from_epochs": saved["epochs"], "to_epochs": epochs}]
+            log.info("rescheduling %s at epoch %d: %s -> %d epochs", state_path, state["epoch"], saved["epochs"], epochs)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -279,6 +296,7 @@ def train(args) -> int:
                 "epoch": epoch + 1,
                 "history": history,
                 "elapsed_s": elapsed_before + time.perf_counter() - wall_start,
+                "schedule_changes": changes,
             },
             out / "last.pt.tmp",
         )
@@ -288,7 +306,13 @@ def train(args) -> int:
     final = evaluate_model(model, test_images, test_set.labels, test_set.classes, spec.dataset, device=str(device))
     meta = {
         "recipe": _jsonable(asdict(recipe)),
-        "recipe_deviations": recipe.deviations(),
+        "recipe_deviations": recipe.deviations()
+        + [
+            f"schedule rescheduled at epoch {c['at_epoch']} from {c['from_epochs'] or 'the paper'} to "
+            f"{c['to_epochs']} epochs (lr follows the new length from there on)"
+            for c in changes
+        ],
+        "schedule_changes": changes,
         "epochs": epochs,
         "iterations": total_iters,
         "warmup_iters": warmup_iters,
@@ -364,6 +388,12 @@ def write_model_card(path: Path, arch: str, meta: dict, history: list[dict]) -> 
             )
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _recipe_diff(saved: dict, wanted: dict) -> str:
+    wanted = _jsonable(wanted)
+    keys = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    return ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} asked" for k in keys)
 
 
 def _display_path(path: Path) -> str:
