@@ -49,6 +49,16 @@ def test_short_training_run_writes_checkpoint_log_and_card_and_resumes(tmp_path,
     card = (out / "resnet20.md").read_text()
     assert "test top-1" in card and "epochs=1 (paper: 64k iterations)" in card
 
+    # --reschedule lengthens the same run: one more epoch, and the card says where the schedule changed
+    assert train.main(common + ["--epochs", "2", "--reschedule"]) == 0
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+    raw = torch.load(out / "resnet20.pt", weights_only=True)
+    assert raw["meta"]["schedule_changes"] == [{"at_epoch": 1, "from_epochs": 1, "to_epochs": 2}]
+    assert "rescheduled at epoch 1 from 1 to 2 epochs" in (out / "resnet20.md").read_text()
+    # it cannot shorten a run below the epochs already trained, nor change anything but --epochs
+    assert train.main(common + ["--epochs", "1", "--reschedule"]) == 2
+    assert train.main(common + ["--epochs", "3", "--reschedule", "--lr", "0.05"]) == 2
+
 
 def test_resume_continues_from_last_epoch(tmp_path, cifar_jpg):
     out = tmp_path / "run"
