@@ -221,7 +221,9 @@ def train(args) -> int:
             if state["epoch"] >= epochs:
                 raise ValueError(f"{state_path} has already trained {state['epoch']} epochs; --epochs must be more")
             changes = changes + [{"at_epoch": state["epoch"], "from_epochs": saved["epochs"], "to_epochs": epochs}]
-            log.info("rescheduling %s at epoch %d: %s -> %d epochs", state_path, state["epoch"], saved["epochs"], epochs)
+            log.info(
+                "rescheduling %s at epoch %d: %s -> %d epochs", state_path, state["epoch"], saved["epochs"], epochs
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
