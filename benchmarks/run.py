@@ -30,6 +30,7 @@ from benchmarks.load import Payload, run_load
 from benchmarks.offline import time_engine
 from client.classifier import Connection
 from export.runtime import Engine, EngineError, TorchEngine, default_threads, load_engine
+from resnets.checkpoint import file_sha256
 from resnets.console import progress
 from resnets.data import default_cifar_dir, load_cifar10, scan_image_folder
 from resnets.env import REPO_ROOT, environment
@@ -105,6 +106,19 @@ SUITES = {
         pytorch_bf16=False,
     ),
 }
+
+
+def stale_export(summary_path: Path) -> str | None:
+    """Why the engines an export summary describes cannot be used as they are, or None if they can."""
+    if not summary_path.is_file():
+        return "no exported engines"
+    model = json.loads(summary_path.read_text())["model"]
+    checkpoint = Path(model["checkpoint"])
+    if not checkpoint.is_file():
+        return f"its checkpoint {checkpoint} is gone"
+    if model.get("checkpoint_sha256") != file_sha256(checkpoint):
+        return f"{checkpoint} changed since the engines were exported"
+    return None
 
 
 def csv_ints(value: str) -> tuple[int, ...]:
@@ -190,14 +204,14 @@ class Benchmark:
     # ---- engines -------------------------------------------------------------------------------------
 
     def ensure_engines(self) -> None:
-        needed = [m for m in self.suite.models if not (self.args.build_dir / m / "export.json").is_file()]
+        needed = {m: why for m in self.suite.models if (why := stale_export(self.args.build_dir / m / "export.json"))}
         if needed:
             from export.default_repository import build_default_repository
 
             log.info(
-                "no exported engines for %s in %s: building the default repository",
-                ", ".join(needed),
+                "building the default repository into %s: %s",
                 self.args.build_dir,
+                "; ".join(f"{m}: {why}" for m, why in needed.items()),
             )
             build_default_repository(self.args.repository, self.args.build_dir, cifar_dir=self.cifar_dir)
 

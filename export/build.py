@@ -31,7 +31,7 @@ from export.quantize import (
     to_fp16,
 )
 from export.runtime import Engine, EngineError, OnnxRuntimeEngine, load_engine, write_manifest
-from resnets.checkpoint import load_checkpoint, save_checkpoint
+from resnets.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from resnets.data import default_cifar_dir, load_cifar10
 from resnets.env import environment
 from resnets.evaluate import accuracy_report
@@ -177,6 +177,7 @@ class ExportBuilder:
             "dataset": self.spec.name,
             "weights": weights,
             "checkpoint": str(checkpoint),
+            "checkpoint_sha256": file_sha256(checkpoint),
             "checkpoint_test_top1": meta.get("test", {}).get("top1"),
         }
         log.info(

@@ -195,3 +195,20 @@ def test_test_set_from_the_official_batches_is_lossless(tmp_path, cifar_exact):
     assert list(got_labels) == list(labels) and len(classes) == 10
     # what the server decodes is exactly the official pixels
     assert all(np.array_equal(preprocess_pixels(b, CIFAR10), image) for b, image in zip(encoded, test, strict=True))
+
+
+def test_engines_exported_from_an_older_checkpoint_are_rebuilt(tmp_path):
+    from resnets.checkpoint import file_sha256
+
+    checkpoint = tmp_path / "resnet20.pt"
+    checkpoint.write_bytes(b"weights v1")
+    summary = tmp_path / "export.json"
+    assert bench.stale_export(summary) == "no exported engines"
+    summary.write_text(
+        json.dumps({"model": {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint)}})
+    )
+    assert bench.stale_export(summary) is None
+    checkpoint.write_bytes(b"weights v2")  # retrained: the engines no longer run these weights
+    assert bench.stale_export(summary) == f"{checkpoint} changed since the engines were exported"
+    checkpoint.unlink()
+    assert "is gone" in bench.stale_export(summary)
