@@ -112,6 +112,14 @@ class Artifact:
         return f"{self.engine}-{self.precision}"
 
 
+def qdq_level(tensorrt_int8: bool) -> str:
+    """ORT optimization level for checking a quantized graph on this CPU. The TensorRT-ready INT8 graph
+    runs unfused ("disable": every Q/DQ pair executed as written, convolutions in float), which computes
+    what TensorRT's int8 kernels do with int32 accumulation; ORT's fused CPU int8 kernels would add
+    their own int16 saturation on CPUs without VNNI and blame it on the graph."""
+    return "disable" if tensorrt_int8 else "all"
+
+
 class ExportBuilder:
     def __init__(self, config: ExportConfig) -> None:
         config.validate()
@@ -253,7 +261,9 @@ class ExportBuilder:
         for method in methods:
             path = target.with_name(f"{target.stem}.{method}.onnx")
             quantize_onnx(pre, path, method, self.calibration_cache(method), symmetric_activations=symmetric)
-            logits = OnnxRuntimeEngine(path, threads=self.config.threads).infer(held_out)
+            logits = OnnxRuntimeEngine(path, threads=self.config.threads, optimization=qdq_level(symmetric)).infer(
+                held_out
+            )
             agreement = round(100.0 * float((logits.argmax(1) == reference).mean()), 2)
             candidates[method] = {"held_out_agreement": agreement}
             self.calibration_candidates[f"{label}[{method}]"] = path
@@ -372,10 +382,15 @@ class ExportBuilder:
         parity = {}
         engines: list[tuple[str, Engine]] = [(a.name, self.load(a)) for a in self.runnable()]
         for name, path in self.calibration_candidates.items():
-            engines.append((name, OnnxRuntimeEngine(path, threads=self.config.threads)))
+            level = qdq_level(name.startswith("tensorrt-ready"))
+            engines.append((name, OnnxRuntimeEngine(path, threads=self.config.threads, optimization=level)))
         for name, path in getattr(self, "tensorrt", {}).items():
+            level = qdq_level(name == "int8")
             engines.append(
-                (f"tensorrt-ready-{name} (on onnxruntime)", OnnxRuntimeEngine(path, threads=self.config.threads))
+                (
+                    f"tensorrt-ready-{name} (on onnxruntime)",
+                    OnnxRuntimeEngine(path, threads=self.config.threads, optimization=level),
+                )
             )
         for name, engine in engines:
             start = time.perf_counter()
