@@ -133,6 +133,14 @@ def check_tensorrt_qdq(model_path: Path) -> dict:
         for n in model.graph.node
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits
     ]
+    # activations are what QuantizeLinear nodes quantize at run time (weights and biases are constants)
+    activation_dtypes = sorted(
+        {
+            str(inits[n.input[2]].dtype)
+            for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits and len(n.input) > 2 and n.input[2] in inits
+        }
+    )
     per_channel = sum(
         1
         for n in model.graph.node
@@ -147,7 +155,7 @@ def check_tensorrt_qdq(model_path: Path) -> dict:
     )
     return {
         "all_zero_points_zero": bool(zero_points) and all(np.all(z == 0) for z in zero_points),
-        "activation_dtype": str(zero_points[0].dtype) if zero_points else None,
+        "activation_dtype": activation_dtypes[0] if len(activation_dtypes) == 1 else activation_dtypes or None,
         "per_channel_conv_weights": per_channel,
         "convs": sum(n.op_type == "Conv" for n in model.graph.node),
         "residual_adds": len(adds),
