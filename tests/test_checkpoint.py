@@ -1,4 +1,8 @@
 import collections
+import json
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -61,3 +65,23 @@ def test_missing_and_garbage_files(tmp_path):
     torch.save({"weights": [1, 2, 3]}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="neither a resnet-serve checkpoint"):
         load_checkpoint(tmp_path / "other.pt", "resnet20")
+
+
+def test_evaluate_cli_reproduces_the_committed_model_card(resnet20_checkpoint, cifar_jpg):
+    """The committed ResNet-20's card states its test top-1; the evaluate CLI must measure the same."""
+    card = resnet20_checkpoint.with_suffix(".md").read_text()
+    stated = re.search(r"\| test top-1 \| \*\*([0-9.]+)%\*\* \|", card)
+    assert stated, "the model card has no test top-1 row"
+    run = subprocess.run(
+        [sys.executable, "-m", "resnets.evaluate", "--checkpoint", str(resnet20_checkpoint)]
+        + ["--data-dir", str(cifar_jpg), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=resnet20_checkpoint.parent.parent,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    assert measured["n"] == 10000 and measured["split"] == "test"
+    assert measured["top1"] == float(stated.group(1))
+    assert measured["top1"] >= 88.0  # the issue's target for ResNet-20

@@ -18,7 +18,7 @@ from resnets.spec import CIFAR10, preprocess
 pytestmark = pytest.mark.server
 
 
-def test_files(cifar_jpg, per_class: int = 10):
+def cifar_test_files(cifar_jpg, per_class: int = 10):
     return [p for cls in sorted((cifar_jpg / "test").iterdir()) for p in sorted(cls.glob("*.jpg"))[:per_class]]
 
 
@@ -32,7 +32,7 @@ def offline_logits(engine, files) -> np.ndarray:
 
 
 def test_grpc_and_http_give_identical_predictions_in_the_right_order(triton, cifar_jpg, offline_fp32):
-    files = test_files(cifar_jpg, 3)
+    files = cifar_test_files(cifar_jpg, 3)
     with (
         Classifier(triton.grpc_url, "grpc", "resnet20_onnxruntime_fp32") as grpc_clf,
         Classifier(triton.http_url, "http", "resnet20_onnxruntime_fp32") as http_clf,
@@ -50,7 +50,7 @@ def test_grpc_and_http_give_identical_predictions_in_the_right_order(triton, cif
 
 
 def test_every_input_kind_and_the_tensor_path_agree(triton, cifar_jpg):
-    files = test_files(cifar_jpg, 1)
+    files = cifar_test_files(cifar_jpg, 1)
     pil_images = [Image.open(f).convert("RGB") for f in files]
     arrays = [np.asarray(img) for img in pil_images]
     raw = [f.read_bytes() for f in files]
@@ -69,7 +69,7 @@ def test_every_input_kind_and_the_tensor_path_agree(triton, cifar_jpg):
 
 
 def test_batches_follow_the_servers_max_batch_size(triton, cifar_jpg):
-    files = test_files(cifar_jpg, 30)  # 300 images, max batch 256 -> 2 requests
+    files = cifar_test_files(cifar_jpg, 30)  # 300 images, max batch 256 -> 2 requests
     with Classifier(triton.http_url, "http", model="resnet20_onnxruntime_int8") as clf:
         assert clf.batch_size == 256  # read from the server's config
         calls = []
@@ -82,7 +82,7 @@ def test_batches_follow_the_servers_max_batch_size(triton, cifar_jpg):
 
 
 def test_a_bad_image_in_a_batch_fails_alone(triton, cifar_jpg):
-    files = test_files(cifar_jpg, 2)
+    files = cifar_test_files(cifar_jpg, 2)
     truncated = files[0].read_bytes()[:100]
     images = [*files[:5], truncated, *files[5:], b"", "/nonexistent/cat.jpg"]
     with Classifier(triton.grpc_url, model="resnet20") as clf:
@@ -98,7 +98,7 @@ def test_a_bad_image_in_a_batch_fails_alone(triton, cifar_jpg):
 
 
 def test_async_classifier_matches_sync(triton, cifar_jpg):
-    files = test_files(cifar_jpg, 8)
+    files = cifar_test_files(cifar_jpg, 8)
 
     async def run(protocol, url):
         async with await AsyncClassifier.create(url, protocol, model="resnet20", batch_size=4, concurrency=8) as clf:
@@ -126,7 +126,7 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
 
 
 def test_cli_on_100_test_jpegs_matches_offline_evaluation(triton, cifar_jpg, offline_fp32, capsys):
-    files = test_files(cifar_jpg, 10)
+    files = cifar_test_files(cifar_jpg, 10)
     pattern = str(cifar_jpg / "test" / "*" / "000[0-9].jpg")  # a glob: 10 per class = the same 100 files
     code, out, err = run_cli(
         [
@@ -152,7 +152,7 @@ def test_cli_on_100_test_jpegs_matches_offline_evaluation(triton, cifar_jpg, off
 def test_cli_directories_table_and_exit_codes(triton, cifar_jpg, tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
-    for f in test_files(cifar_jpg, 1)[:3]:
+    for f in cifar_test_files(cifar_jpg, 1)[:3]:
         (folder / f"{f.parent.name}.jpg").write_bytes(f.read_bytes())
     code, out, _ = run_cli(["classify", str(folder), "--url", triton.http_url, "--protocol", "http"], capsys)
     assert code == 0 and len(out.splitlines()) == 3 and "airplane.jpg" in out
@@ -194,7 +194,7 @@ def test_cli_models_lists_readiness(triton, capsys):
 
 
 def test_png_and_rgba_inputs(triton, cifar_jpg):
-    image = Image.open(test_files(cifar_jpg, 1)[0]).convert("RGBA")
+    image = Image.open(cifar_test_files(cifar_jpg, 1)[0]).convert("RGBA")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     with Classifier(triton.grpc_url, model="resnet20") as clf:
@@ -204,7 +204,7 @@ def test_png_and_rgba_inputs(triton, cifar_jpg):
 def test_server_going_away_mid_run_keeps_the_results_so_far(small_repository, cifar_jpg):
     from server import running
 
-    files = test_files(cifar_jpg, 2)[:12]
+    files = cifar_test_files(cifar_jpg, 2)[:12]
     with running(small_repository, http_port=0, grpc_port=0, metrics_port=0) as server:
         clf = Classifier(server.grpc_url, model="resnet20_onnxruntime_fp32", batch_size=4, retries=1)
         real, calls = clf._classify_chunk, []
