@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -121,7 +122,13 @@ def test_dynamic_batching_really_batches(triton, imagenet_sample):
         tensor.set_data_from_numpy(image[None])
         client.async_infer(model, [tensor], on_result)
     assert finished.wait(300) and not errors
-    inferences, executions = (a - b for a, b in zip(inference_stats(client, model), before, strict=True))
+    # Triton records an execution's statistics after releasing its responses: let the last ones land
+    deadline = time.monotonic() + 10
+    while True:
+        inferences, executions = (a - b for a, b in zip(inference_stats(client, model), before, strict=True))
+        if inferences >= len(images) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert inferences == len(images)
     assert executions < inferences / 2, f"{executions} executions for {inferences} inferences"
 
@@ -281,11 +288,20 @@ def test_prometheus_metrics_count_requests(triton, cifar_jpg):
 
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     classify(client, grpcclient, "resnet20_onnxruntime_int8", [f.read_bytes() for f in sample_files(cifar_jpg, 1)])
-    with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    lines = [
-        line
-        for line in text.splitlines()
-        if line.startswith("nv_inference_count{") and 'model="resnet20_onnxruntime_int8_classifier"' in line
-    ]
-    assert lines and float(lines[0].rsplit(" ", 1)[1]) >= 10
+
+    def served_count() -> float | None:
+        with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        lines = [
+            line
+            for line in text.splitlines()
+            if line.startswith("nv_inference_count{") and 'model="resnet20_onnxruntime_int8_classifier"' in line
+        ]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else None
+
+    deadline = time.monotonic() + 10  # counters are updated just after the responses go out
+    while (count := served_count()) is None or count < 10:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert count is not None and count >= 10, count
