@@ -62,45 +62,15 @@ def test_int8_conv_matches_integer_arithmetic(shape):
     o = (side + 2 * p - k) // s + 1
     res = torch.randint(-128, 128, (n, o, o, oc), generator=gen, dtype=torch.int8)
     sx, sr, so, sw = 0.05, 0.1, 0.2, torch.rand(oc, generator=gen) * 0.01 + 0.001
+    common = dict(stride=s, pad=p, kh=k, kw=k, relu=True, residual=res, w_scale=sw, in_scale=sx, res_scale=sr)
     out = torch.empty(n, o, o, oc, dtype=torch.int8)
-    conv2d(
-        x,
-        nhwc_weight(w),
-        b,
-        out,
-        stride=s,
-        pad=p,
-        kh=k,
-        kw=k,
-        relu=True,
-        residual=res,
-        w_scale=sw,
-        in_scale=sx,
-        res_scale=sr,
-        out_scale=so,
-        config=SMALL_TILES,
-    )
+    conv2d(x, nhwc_weight(w), b, out, out_scale=so, config=SMALL_TILES, **common)
     acc = torch.nn.functional.conv2d(x.permute(0, 3, 1, 2).double(), w.double(), stride=s, padding=p)
     y = (acc.permute(0, 2, 3, 1) * (sx * sw.double()) + b.double() + res.double() * sr).relu()
     expected = torch.floor(y / so + 0.5).clamp(-128, 127)
     assert (out.double() - expected).abs().max() <= 1  # an exact .5 may round either way in fp32
     fp16_out = torch.empty(n, o, o, oc, dtype=torch.float16)  # the head's input: dequantized, not requantized
-    conv2d(
-        x,
-        nhwc_weight(w),
-        b,
-        fp16_out,
-        stride=s,
-        pad=p,
-        kh=k,
-        kw=k,
-        relu=True,
-        residual=res,
-        w_scale=sw,
-        in_scale=sx,
-        res_scale=sr,
-        config=SMALL_TILES,
-    )
+    conv2d(x, nhwc_weight(w), b, fp16_out, config=SMALL_TILES, **common)
     assert torch.allclose(fp16_out.double(), y, rtol=2e-3, atol=2e-2)
 
 

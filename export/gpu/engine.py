@@ -341,6 +341,27 @@ class GpuEngine(Engine):
         self.buckets[size] = bucket
         return bucket
 
+    def _conv(self, op: dict, bucket: dict, config: dict | None) -> None:
+        """One planned convolution on a bucket's buffers, with the given tile configuration."""
+        v, wts = bucket["views"], self.weights
+        self.kernels.conv2d(
+            v[op["in"]],
+            wts[op["weight"]],
+            wts[op["bias"]],
+            v[op["out"]],
+            stride=op["stride"],
+            pad=op["pad"],
+            kh=op["kh"],
+            kw=op["kw"],
+            relu=op["relu"],
+            residual=v[op["res"]] if op["res"] else None,
+            w_scale=wts.get(op.get("w_scale", "")),
+            in_scale=op.get("in_scale") or 1.0,
+            res_scale=op.get("res_scale") or 1.0,
+            out_scale=op.get("out_scale"),
+            config=config,
+        )
+
     def _forward(self, bucket: dict) -> None:
         v, wts = bucket["views"], self.weights
         for op in self.plan["ops"]:
@@ -352,23 +373,7 @@ class GpuEngine(Engine):
                 else:
                     v[op["out"]].copy_(x)
             elif kind == "conv":
-                self.kernels.conv2d(
-                    v[op["in"]],
-                    wts[op["weight"]],
-                    wts[op["bias"]],
-                    v[op["out"]],
-                    stride=op["stride"],
-                    pad=op["pad"],
-                    kh=op["kh"],
-                    kw=op["kw"],
-                    relu=op["relu"],
-                    residual=v[op["res"]] if op["res"] else None,
-                    w_scale=wts.get(op.get("w_scale", "")),
-                    in_scale=op.get("in_scale") or 1.0,
-                    res_scale=op.get("res_scale") or 1.0,
-                    out_scale=op.get("out_scale"),
-                    config=op.get("config", {}).get(bucket["config"]),
-                )
+                self._conv(op, bucket, op.get("config", {}).get(bucket["config"]))
             elif kind == "maxpool":
                 nchw = v[op["in"]].permute(0, 3, 1, 2)
                 pooled = nn.functional.max_pool2d(
@@ -441,24 +446,7 @@ def autotune(engine: GpuEngine, batch_sizes: dict[str, int]) -> None:
             for cfg in CANDIDATE_CONFIGS:
 
                 def launch(cfg=cfg, op=op, bucket=bucket):
-                    v, wts = bucket["views"], engine.weights
-                    engine.kernels.conv2d(
-                        v[op["in"]],
-                        wts[op["weight"]],
-                        wts[op["bias"]],
-                        v[op["out"]],
-                        stride=op["stride"],
-                        pad=op["pad"],
-                        kh=op["kh"],
-                        kw=op["kw"],
-                        relu=op["relu"],
-                        residual=v[op["res"]] if op["res"] else None,
-                        w_scale=wts.get(op.get("w_scale", "")),
-                        in_scale=op.get("in_scale") or 1.0,
-                        res_scale=op.get("res_scale") or 1.0,
-                        out_scale=op.get("out_scale"),
-                        config=cfg,
-                    )
+                    engine._conv(op, bucket, cfg)
 
                 try:
                     ms = do_bench(launch, warmup=5, rep=20)
