@@ -101,6 +101,15 @@ def inference_stats(client, model: str) -> tuple[int, int]:
     return int(stats["inference_count"]), int(stats["execution_count"])
 
 
+def settled(read, done, timeout_s: float = 10.0):
+    """Triton updates its statistics and metrics just after releasing the responses they count: read
+    until ``done(value)`` or the timeout, and return the last value (the test's assert judges it)."""
+    deadline = time.monotonic() + timeout_s
+    while not done(value := read()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
 def test_dynamic_batching_really_batches(triton, imagenet_sample):
     """200 single-image requests in flight at once at the ResNet-50 classifier (~30 ms an image here):
     they queue while an execution runs, and Triton's dynamic batcher groups them."""
@@ -122,13 +131,10 @@ def test_dynamic_batching_really_batches(triton, imagenet_sample):
         tensor.set_data_from_numpy(image[None])
         client.async_infer(model, [tensor], on_result)
     assert finished.wait(300) and not errors
-    # Triton records an execution's statistics after releasing its responses: let the last ones land
-    deadline = time.monotonic() + 10
-    while True:
-        inferences, executions = (a - b for a, b in zip(inference_stats(client, model), before, strict=True))
-        if inferences >= len(images) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    inferences, executions = settled(
+        lambda: tuple(a - b for a, b in zip(inference_stats(client, model), before, strict=True)),
+        lambda counts: counts[0] >= len(images),
+    )
     assert inferences == len(images)
     assert executions < inferences / 2, f"{executions} executions for {inferences} inferences"
 
@@ -299,9 +305,5 @@ def test_prometheus_metrics_count_requests(triton, cifar_jpg):
         ]
         return float(lines[0].rsplit(" ", 1)[1]) if lines else None
 
-    deadline = time.monotonic() + 10  # counters are updated just after the responses go out
-    while (count := served_count()) is None or count < 10:
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    count = settled(served_count, lambda count: count is not None and count >= 10)
     assert count is not None and count >= 10, count
