@@ -44,6 +44,11 @@ def imagenet_sample() -> Path:
     return _require(IMAGENET_SAMPLE)
 
 
+def cifar_test_files(cifar_jpg: Path, per_class: int) -> list[Path]:
+    """The first ``per_class`` JPEGs of every class of the cifar-10-jpg test split, in a fixed order."""
+    return [p for cls in sorted((cifar_jpg / "test").iterdir()) for p in sorted(cls.glob("*.jpg"))[:per_class]]
+
+
 @pytest.fixture(scope="session")
 def cifar_test_set(cifar_jpg):
     """The whole cifar-10-jpg test split, decoded once per test session."""

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import cifar_test_files
 from PIL import Image
 
 from client import AsyncClassifier, ClassificationError, Classifier, ModelNotFound, ServerUnavailable
@@ -16,10 +17,6 @@ from export import load_engine
 from resnets.spec import CIFAR10, preprocess
 
 pytestmark = pytest.mark.server
-
-
-def cifar_test_files(cifar_jpg, per_class: int = 10):
-    return [p for cls in sorted((cifar_jpg / "test").iterdir()) for p in sorted(cls.glob("*.jpg"))[:per_class]]
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from conftest import cifar_test_files
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -27,10 +28,6 @@ from resnets.spec import CIFAR10, IMAGENET, preprocess, preprocess_pixels
 pytestmark = pytest.mark.server
 
 CIFAR_ENGINES = ("onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-int8")
-
-
-def sample_files(cifar_jpg: Path, per_class: int) -> list[Path]:
-    return [p for cls in sorted((cifar_jpg / "test").iterdir()) for p in sorted(cls.glob("*.jpg"))[:per_class]]
 
 
 def bytes_input(module, images: list[bytes], name: str = "image"):
@@ -66,7 +63,7 @@ def test_health_metadata_and_config(triton):
 
 @pytest.mark.parametrize("engine", CIFAR_ENGINES)
 def test_ensemble_matches_offline_engine_over_http_and_grpc(triton, default_repository, cifar_jpg, engine):
-    files = sample_files(cifar_jpg, per_class=20)
+    files = cifar_test_files(cifar_jpg, per_class=20)
     images = [f.read_bytes() for f in files]
     offline = load_engine(default_repository / "build" / "resnet20" / engine)
     expected = offline.infer(np.stack([preprocess(b, CIFAR10) for b in images])).argmax(1)
@@ -80,7 +77,7 @@ def test_ensemble_matches_offline_engine_over_http_and_grpc(triton, default_repo
 
 
 def test_top5_labels_through_class_count(triton, default_repository, cifar_jpg):
-    files = sample_files(cifar_jpg, per_class=2)
+    files = cifar_test_files(cifar_jpg, per_class=2)
     images = [f.read_bytes() for f in files]
     offline = load_engine(default_repository / "build" / "resnet20" / "onnxruntime-fp32")
     logits = offline.infer(np.stack([preprocess(b, CIFAR10) for b in images]))
@@ -161,7 +158,7 @@ def one_pixel_png() -> bytes:
 
 
 def test_bad_images_fail_alone_while_good_requests_in_the_same_batch_succeed(triton, cifar_jpg):
-    good = [f.read_bytes() for f in sample_files(cifar_jpg, per_class=3)]
+    good = [f.read_bytes() for f in cifar_test_files(cifar_jpg, per_class=3)]
     jpeg = good[0]
     bad = {
         "empty": (b"", "empty input"),
@@ -293,7 +290,7 @@ def test_prometheus_metrics_count_requests(triton, cifar_jpg):
     import urllib.request
 
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    classify(client, grpcclient, "resnet20_onnxruntime_int8", [f.read_bytes() for f in sample_files(cifar_jpg, 1)])
+    classify(client, grpcclient, "resnet20_onnxruntime_int8", [f.read_bytes() for f in cifar_test_files(cifar_jpg, 1)])
 
     def served_count() -> float | None:
         with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
