@@ -57,12 +57,17 @@ def cifar_test_set(cifar_jpg):
     return load_cifar10(cifar_jpg, "test")
 
 
+def committed_checkpoint(arch: str) -> Path:
+    """A trained checkpoint committed in checkpoints/ (a failure, not a skip, when it is missing)."""
+    path = CHECKPOINTS / f"{arch}.pt"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the trained {arch} checkpoint is committed with the project")
+    return path
+
+
 @pytest.fixture(scope="session")
 def resnet20_checkpoint() -> Path:
-    path = CHECKPOINTS / "resnet20.pt"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the trained ResNet-20 checkpoint is committed with the project")
-    return path
+    return committed_checkpoint("resnet20")
 
 
 def pytest_collection_modifyitems(config, items):
