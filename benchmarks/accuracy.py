@@ -7,7 +7,7 @@ import asyncio
 
 import numpy as np
 
-from resnets.evaluate import accuracy_report
+from resnet_serve.resnets.evaluate import accuracy_report
 
 
 def summarize(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.runtime import Engine, EngineInfo
-from resnets.checkpoint import load_checkpoint
-from resnets.models import arch_spec
+from resnet_serve.export.runtime import Engine, EngineInfo
+from resnet_serve.resnets.checkpoint import load_checkpoint
+from resnet_serve.resnets.models import arch_spec
 
 MODES = ("eager", "cuda-graph", "compile")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.offline import percentiles_ms
+from resnet_serve.benchmarks.offline import percentiles_ms
 
 
 @dataclass

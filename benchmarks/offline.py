@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from export.runtime import Engine
+from resnet_serve.export.runtime import Engine
 
 
 def percentiles_ms(seconds: list[float]) -> dict:

@@ -18,16 +18,13 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import numpy as np
 
-from benchmarks.load import Payload, run_load
-from export.repository import CPU_PROFILE, write_repository
-from resnets.data import default_cifar_dir, scan_image_folder
-from resnets.env import REPO_ROOT, environment
-from server import running
+from resnet_serve.benchmarks.load import Payload, run_load
+from resnet_serve.export.repository import CPU_PROFILE, write_repository
+from resnet_serve.resnets.data import default_cifar_dir, scan_image_folder
+from resnet_serve.resnets.env import REPO_ROOT, environment
+from resnet_serve.server import running
 
 log = logging.getLogger("benchmarks.sweep")
 

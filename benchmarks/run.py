@@ -19,22 +19,19 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python benchmarks/run.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import numpy as np
 
-from benchmarks import accuracy as acc
-from benchmarks import gate, report
-from benchmarks.load import Payload, run_load
-from benchmarks.offline import time_engine
-from client.classifier import Connection
-from export.runtime import Engine, EngineError, TorchEngine, default_threads, load_engine
-from resnets.checkpoint import file_sha256
-from resnets.console import progress
-from resnets.data import default_cifar_dir, load_cifar10, scan_image_folder
-from resnets.env import REPO_ROOT, environment
-from resnets.spec import CIFAR10, DATASETS, IMAGENET, encode_png, normalize, preprocess, preprocess_pixels
+from resnet_serve.benchmarks import accuracy as acc
+from resnet_serve.benchmarks import gate, report
+from resnet_serve.benchmarks.load import Payload, run_load
+from resnet_serve.benchmarks.offline import time_engine
+from resnet_serve.client.classifier import Connection
+from resnet_serve.export.runtime import Engine, EngineError, TorchEngine, default_threads, load_engine
+from resnet_serve.resnets.checkpoint import file_sha256
+from resnet_serve.resnets.console import progress
+from resnet_serve.resnets.data import default_cifar_dir, load_cifar10, scan_image_folder
+from resnet_serve.resnets.env import REPO_ROOT, environment
+from resnet_serve.resnets.spec import CIFAR10, DATASETS, IMAGENET, encode_png, normalize, preprocess, preprocess_pixels
 
 log = logging.getLogger("benchmarks")
 
@@ -206,7 +203,7 @@ class Benchmark:
     def ensure_engines(self) -> None:
         needed = {m: why for m in self.suite.models if (why := stale_export(self.args.build_dir / m / "export.json"))}
         if needed:
-            from export.default_repository import build_default_repository
+            from resnet_serve.export.default_repository import build_default_repository
 
             log.info(
                 "building the default repository into %s: %s",
@@ -240,7 +237,7 @@ class Benchmark:
                         )
                     )
         if "pytorch" in self.engines and torch_cuda_available():
-            from benchmarks.cuda_peers import MODES, CudaTorchEngine
+            from resnet_serve.benchmarks.cuda_peers import MODES, CudaTorchEngine
 
             engines += [(f"pytorch-{mode}", "fp16", CudaTorchEngine(self.checkpoint(model), mode)) for mode in MODES]
         for engine, precision, path in self.engine_dirs(model):
@@ -406,7 +403,7 @@ class Benchmark:
                     self._add_served(model, engine, result)
 
     def run_transport(self, grpc_url: str) -> None:
-        from benchmarks import transport
+        from resnet_serve.benchmarks import transport
 
         rows = []
         for model in self.suite.models:
@@ -538,7 +535,7 @@ class Benchmark:
             http_url = self.args.http_url or _http_from_grpc(grpc_url)
             self._served_phase(grpc_url, http_url)
         elif needs_server:
-            from server import running
+            from resnet_serve.server import running
 
             with running(self.args.repository, http_port=0, grpc_port=0, metrics_port=0) as server:
                 self._served_phase(server.grpc_url, server.http_url)

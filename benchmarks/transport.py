@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.offline import percentiles_ms
-from client.classifier import Classifier
+from resnet_serve.benchmarks.offline import percentiles_ms
+from resnet_serve.client.classifier import Classifier
 
 
 def _server_ms(client, model: str) -> tuple[int, dict]:

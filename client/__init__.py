@@ -1,7 +1,7 @@
 """Python client for the served ResNets: ``Classifier`` (sync) and ``AsyncClassifier`` (asyncio)."""
 
-from client.aio import AsyncClassifier
-from client.classifier import (
+from resnet_serve.client.aio import AsyncClassifier
+from resnet_serve.client.classifier import (
     ClassificationError,
     Classifier,
     ClientError,

@@ -15,8 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-from client.classifier import Classifier, ClientError, Connection, ImageResult, ModelNotFound, ServerUnavailable
-from resnets.data import is_image_file
+from resnet_serve.client.classifier import Classifier, ClientError, Connection, ImageResult, ModelNotFound, ServerUnavailable
+from resnet_serve.resnets.data import is_image_file
 
 EXIT_OK, EXIT_FAILED_IMAGES, EXIT_UNAVAILABLE = 0, 1, 2
 

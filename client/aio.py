@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from client.classifier import (
+from resnet_serve.client.classifier import (
     ClassificationError,
     ImageResult,
     ModelInfo,

@@ -1,6 +1,6 @@
 """Image classification against the Triton server, over gRPC or HTTP.
 
-    from client import Classifier
+    from resnet_serve.client import Classifier
     clf = Classifier("localhost:8001", protocol="grpc", model="resnet20")
     clf.classify(["cat.jpg", png_bytes, pil_image, uint8_array], top_k=5)  # -> [[Prediction, ...], ...]
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from resnets.spec import DATASETS, ImageError, ImageLike, encode_png, normalize, preprocess_pixels
+from resnet_serve.resnets.spec import DATASETS, ImageError, ImageLike, encode_png, normalize, preprocess_pixels
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 Source = str | Path | ImageLike
@@ -278,7 +278,7 @@ class Classifier:
                     "shared memory carries tensors: use it with a *_classifier model, "
                     f"not the ensemble {model!r} (which takes encoded images)"
                 )
-            from client.shm import SharedMemoryBuffers
+            from resnet_serve.client.shm import SharedMemoryBuffers
 
             self._shm = SharedMemoryBuffers(self.module, self.client, self.info, self.batch_size)
 

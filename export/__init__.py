@@ -3,6 +3,6 @@
 ``load_engine(path)`` is the one runtime API the server and the benchmarks use.
 """
 
-from export.runtime import Engine, EngineError, EngineInfo, load_engine
+from resnet_serve.export.runtime import Engine, EngineError, EngineInfo, load_engine
 
 __all__ = ["Engine", "EngineError", "EngineInfo", "load_engine"]

@@ -12,14 +12,14 @@ import logging
 import sys
 from pathlib import Path
 
-from export.build import ENGINE_PRECISIONS, PRECISIONS, ExportBuilder, ExportConfig, ExportConfigError
-from export.calibration import CalibrationError
-from export.onnx_export import ExportError
-from export.runtime import EngineError
-from resnets.checkpoint import CheckpointError
-from resnets.data import DataLayoutError
-from resnets.models import UnknownArchError
-from resnets.spec import ImageError
+from resnet_serve.export.build import ENGINE_PRECISIONS, PRECISIONS, ExportBuilder, ExportConfig, ExportConfigError
+from resnet_serve.export.calibration import CalibrationError
+from resnet_serve.export.onnx_export import ExportError
+from resnet_serve.export.runtime import EngineError
+from resnet_serve.resnets.checkpoint import CheckpointError
+from resnet_serve.resnets.data import DataLayoutError
+from resnet_serve.resnets.models import UnknownArchError
+from resnet_serve.resnets.spec import ImageError
 
 log = logging.getLogger("export")
 
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         builder = ExportBuilder(config)
         summary = builder.run()
         if args.repository:
-            from export.repository import write_repository
+            from resnet_serve.export.repository import write_repository
 
             sample = args.sample_image or builder.sample_image()
             summary["repository"] = write_repository(

@@ -19,10 +19,10 @@ import numpy as np
 import onnx
 import torch
 
-from export import fusion
-from export.calibration import HELD_OUT, CalibrationError, calibration_files, load_calibration_set
-from export.onnx_export import describe_io, export_onnx, op_counts, prepare_for_export, torch_logits
-from export.quantize import (
+from resnet_serve.export import fusion
+from resnet_serve.export.calibration import HELD_OUT, CalibrationError, calibration_files, load_calibration_set
+from resnet_serve.export.onnx_export import describe_io, export_onnx, op_counts, prepare_for_export, torch_logits
+from resnet_serve.export.quantize import (
     METHODS,
     calibrate,
     check_tensorrt_qdq,
@@ -30,13 +30,13 @@ from export.quantize import (
     quantize_onnx,
     to_fp16,
 )
-from export.runtime import Engine, EngineError, OnnxRuntimeEngine, load_engine, write_manifest
-from resnets.checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from resnets.data import default_cifar_dir, load_cifar10
-from resnets.env import environment
-from resnets.evaluate import accuracy_report
-from resnets.models import arch_spec, build
-from resnets.spec import INPUT_NAME, OUTPUT_NAME, normalize
+from resnet_serve.export.runtime import Engine, EngineError, OnnxRuntimeEngine, load_engine, write_manifest
+from resnet_serve.resnets.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from resnet_serve.resnets.data import default_cifar_dir, load_cifar10
+from resnet_serve.resnets.env import environment
+from resnet_serve.resnets.evaluate import accuracy_report
+from resnet_serve.resnets.models import arch_spec, build
+from resnet_serve.resnets.spec import INPUT_NAME, OUTPUT_NAME, normalize
 
 log = logging.getLogger("export")
 
@@ -279,7 +279,7 @@ class ExportBuilder:
         return {"method": best, "candidates": candidates}
 
     def _build_openvino(self, precision: str) -> None:
-        from export.openvino_build import convert_ir, cpu_capabilities, quantize_ir
+        from resnet_serve.export.openvino_build import convert_ir, cpu_capabilities, quantize_ir
 
         capability = {"bf16": "BF16", "fp16": "FP16"}.get(precision)
         if capability and capability not in (caps := cpu_capabilities()):
@@ -308,7 +308,7 @@ class ExportBuilder:
 
     def _build_gpu(self, precision: str) -> None:
         try:
-            from export.gpu.engine import build_gpu_engine
+            from resnet_serve.export.gpu.engine import build_gpu_engine
         except ImportError as exc:
             raise ImportError(f"the GPU engine needs the triton package: pip install triton ({exc})") from None
         directory = self.out / f"gpu-{precision}"
@@ -333,7 +333,7 @@ class ExportBuilder:
     def build_tensorrt_ready(self) -> None:
         if not (self.config.tensorrt_ready or "tensorrt" in self.config.engines):
             return
-        from export import tensorrt
+        from resnet_serve.export import tensorrt
 
         directory = self.out / "tensorrt"
         directory.mkdir(exist_ok=True)
@@ -568,7 +568,7 @@ class ExportBuilder:
             data = load_cifar10(directory, "test")
             images, labels, classes = data.images, data.labels, data.classes
         else:
-            from resnets.data import load_image_folder_arrays
+            from resnet_serve.resnets.data import load_image_folder_arrays
 
             data = load_image_folder_arrays(directory, self.spec)
             images, labels, classes = data.images, data.labels, data.classes

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resnets.data import find_cifar_batches, is_image_file, load_cifar10, load_image_file
-from resnets.spec import DatasetSpec, normalize
+from resnet_serve.resnets.data import find_cifar_batches, is_image_file, load_cifar10, load_image_file
+from resnet_serve.resnets.spec import DatasetSpec, normalize
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import logging
 import sys
 from pathlib import Path
 
-from export.build import ExportBuilder, ExportConfig
-from export.repository import PROFILES, write_repository
-from resnets.data import default_cifar_dir
-from resnets.env import REPO_ROOT
+from resnet_serve.export.build import ExportBuilder, ExportConfig
+from resnet_serve.export.repository import PROFILES, write_repository
+from resnet_serve.resnets.data import default_cifar_dir
+from resnet_serve.resnets.env import REPO_ROOT
 
 log = logging.getLogger("export")
 

@@ -23,8 +23,8 @@ import onnx
 import torch
 from torch import nn
 
-from resnets.models import Bottleneck, ResNet, ZeroPadShortcut
-from resnets.spec import INPUT_NAME, OUTPUT_NAME
+from resnet_serve.resnets.models import Bottleneck, ResNet, ZeroPadShortcut
+from resnet_serve.resnets.spec import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 

@@ -313,8 +313,8 @@ class TorchEngine(Engine):
     ) -> None:
         import torch
 
-        from resnets.checkpoint import load_checkpoint
-        from resnets.models import arch_spec
+        from resnet_serve.resnets.checkpoint import load_checkpoint
+        from resnet_serve.resnets.models import arch_spec
 
         if precision not in ("fp32", "bf16", "fp16"):
             raise EngineError(f"PyTorch precision must be fp32, bf16 or fp16, got {precision!r}")
@@ -397,7 +397,7 @@ def load_engine(path: str | Path, *, threads: int | None = None, device: str | N
             )
         if engine == "gpu":
             try:
-                from export.gpu.engine import GpuEngine
+                from resnet_serve.export.gpu.engine import GpuEngine
             except ImportError as exc:
                 raise EngineError(f"the GPU engine needs triton and a CUDA build of torch ({exc})") from None
             return GpuEngine(path, device=device if device != "cpu" else None, meta=meta, **kwargs)

@@ -10,7 +10,7 @@ __all__ = ["ResNet", "arch_spec", "available", "build"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from resnets import models
+        from resnet_serve.resnets import models
 
         return getattr(models, name)
     raise AttributeError(f"module 'resnets' has no attribute {name!r}")

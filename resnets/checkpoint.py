@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from resnets.models import ResNet, arch_spec, build
+from resnet_serve.resnets.models import ResNet, arch_spec, build
 
 FORMAT = "resnet-serve-checkpoint/1"
 

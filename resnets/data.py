@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnets.console import progress
-from resnets.env import REPO_ROOT
-from resnets.spec import CIFAR10, CIFAR10_CLASSES, DatasetSpec, decode_image, normalize, resize_center_crop
+from resnet_serve.resnets.console import progress
+from resnet_serve.resnets.env import REPO_ROOT
+from resnet_serve.resnets.spec import CIFAR10, CIFAR10_CLASSES, DatasetSpec, decode_image, normalize, resize_center_crop
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnets.checkpoint import CheckpointError, load_checkpoint
-from resnets.data import DataLayoutError, ImageFolderDataset, Normalizer, load_cifar10, to_tensor_nchw
-from resnets.models import arch_spec
-from resnets.spec import ImageError
+from resnet_serve.resnets.checkpoint import CheckpointError, load_checkpoint
+from resnet_serve.resnets.data import DataLayoutError, ImageFolderDataset, Normalizer, load_cifar10, to_tensor_nchw
+from resnet_serve.resnets.models import arch_spec
+from resnet_serve.resnets.spec import ImageError
 
 log = logging.getLogger("resnets.evaluate")
 

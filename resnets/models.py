@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from resnets.spec import CIFAR10, IMAGENET, DatasetSpec
+from resnet_serve.resnets.spec import CIFAR10, IMAGENET, DatasetSpec
 
 
 def conv3x3(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnets.checkpoint import CheckpointError, save_checkpoint
-from resnets.console import progress
-from resnets.data import DataLayoutError, Normalizer, TensorBatches, default_cifar_dir, load_cifar10, to_tensor_nchw
-from resnets.env import REPO_ROOT, environment
-from resnets.evaluate import evaluate_model
-from resnets.models import UnknownArchError, arch_spec, build
-from resnets.spec import ImageError
+from resnet_serve.resnets.checkpoint import CheckpointError, save_checkpoint
+from resnet_serve.resnets.console import progress
+from resnet_serve.resnets.data import DataLayoutError, Normalizer, TensorBatches, default_cifar_dir, load_cifar10, to_tensor_nchw
+from resnet_serve.resnets.env import REPO_ROOT, environment
+from resnet_serve.resnets.evaluate import evaluate_model
+from resnet_serve.resnets.models import UnknownArchError, arch_spec, build
+from resnet_serve.resnets.spec import ImageError
 
 log = logging.getLogger("resnets.train")
 

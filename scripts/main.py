@@ -13,15 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import run as benchmark  # noqa: E402
-from client import Classifier  # noqa: E402
-from client.__main__ import print_table  # noqa: E402
-from export.default_repository import IMAGENET_SAMPLE, build_default_repository  # noqa: E402
-from resnets.data import DataLayoutError, default_cifar_dir, download_cifar10, load_cifar10  # noqa: E402
-from resnets.env import REPO_ROOT  # noqa: E402
-from server import running  # noqa: E402
+from resnet_serve.benchmarks import run as benchmark
+from resnet_serve.client import Classifier
+from resnet_serve.client.__main__ import print_table
+from resnet_serve.export.default_repository import IMAGENET_SAMPLE, build_default_repository
+from resnet_serve.resnets.data import DataLayoutError, default_cifar_dir, download_cifar10, load_cifar10
+from resnet_serve.resnets.env import REPO_ROOT
+from resnet_serve.server import running
 
 log = logging.getLogger("main")
 

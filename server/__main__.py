@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from server.triton import ServerConfig, ServerError, TritonServer
+from resnet_serve.server.triton import ServerConfig, ServerError, TritonServer
 
 log = logging.getLogger("server")
 

@@ -154,8 +154,7 @@ class TritonServer:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         # the stub embeds the system libpython; point it at this environment's packages
         site = sysconfig.get_paths()["purelib"]
-        repo_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, site, env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [site, env.get("PYTHONPATH")]))
         env.setdefault("OMP_NUM_THREADS", "1")  # engines set their own thread counts
         env.update(self.config.env)
         return env

@@ -52,7 +52,7 @@ def cifar_test_files(cifar_jpg: Path, per_class: int) -> list[Path]:
 @pytest.fixture(scope="session")
 def cifar_test_set(cifar_jpg):
     """The whole cifar-10-jpg test split, decoded once per test session."""
-    from resnets.data import load_cifar10
+    from resnet_serve.resnets.data import load_cifar10
 
     return load_cifar10(cifar_jpg, "test")
 
@@ -84,7 +84,7 @@ def pytest_collection_modifyitems(config, items):
 def default_repository(tmp_path_factory, resnet20_checkpoint, cifar_jpg) -> Path:
     """The default model repository (ResNet-20 FP32/INT8 on ORT and OpenVINO, random ResNet-50), built
     once per test session; ``<root>/models`` is the repository, ``<root>/build`` the exported engines."""
-    from export.default_repository import build_default_repository
+    from resnet_serve.export.default_repository import build_default_repository
 
     root = tmp_path_factory.mktemp("default-repository")
     build_default_repository(
@@ -100,7 +100,7 @@ def default_repository(tmp_path_factory, resnet20_checkpoint, cifar_jpg) -> Path
 @pytest.fixture(scope="session")
 def triton(default_repository):
     """The real Triton server on free loopback ports, serving the default repository."""
-    from server import running
+    from resnet_serve.server import running
 
     with running(default_repository / "models", http_port=0, grpc_port=0, metrics_port=0) as server:
         yield server

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import gate
-from benchmarks import run as bench
-from export.build import ExportBuilder, ExportConfig
-from resnets.checkpoint import load_checkpoint, save_checkpoint
+from resnet_serve.benchmarks import gate
+from resnet_serve.benchmarks import run as bench
+from resnet_serve.export.build import ExportBuilder, ExportConfig
+from resnet_serve.resnets.checkpoint import load_checkpoint, save_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASELINES = REPO_ROOT / "benchmarks" / "baselines.json"
@@ -178,7 +178,7 @@ def test_run_py_is_a_script():
 
 
 def test_percentiles():
-    from benchmarks.offline import percentiles_ms
+    from resnet_serve.benchmarks.offline import percentiles_ms
 
     figures = percentiles_ms(list(np.linspace(0.001, 0.1, 100)))
     assert figures["latency_ms_p50"] == pytest.approx(50.5, abs=0.1) and figures["latency_ms_p99"] > 98
@@ -187,7 +187,7 @@ def test_percentiles():
 def test_test_set_from_the_official_batches_is_lossless(tmp_path, cifar_exact):
     from test_data import write_official_batches
 
-    from resnets.spec import CIFAR10, preprocess_pixels
+    from resnet_serve.resnets.spec import CIFAR10, preprocess_pixels
 
     _, test, labels = write_official_batches(tmp_path / "cifar-10-batches-py", cifar_exact, n=50)
     benchmark = bench.Benchmark(bench.parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]))
@@ -198,7 +198,7 @@ def test_test_set_from_the_official_batches_is_lossless(tmp_path, cifar_exact):
 
 
 def test_engines_exported_from_an_older_checkpoint_are_rebuilt(tmp_path):
-    from resnets.checkpoint import file_sha256
+    from resnet_serve.resnets.checkpoint import file_sha256
 
     checkpoint = tmp_path / "resnet20.pt"
     checkpoint.write_bytes(b"weights v1")

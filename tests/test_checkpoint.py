@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import committed_checkpoint
 
-import resnets
-from resnets.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from resnet_serve import resnets
+from resnet_serve.resnets.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 
 
 def test_round_trip_is_weights_only(tmp_path):

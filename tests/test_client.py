@@ -11,10 +11,10 @@ import pytest
 from conftest import cifar_test_files
 from PIL import Image
 
-from client import AsyncClassifier, ClassificationError, Classifier, ModelNotFound, ServerUnavailable
-from client import __main__ as cli
-from export import load_engine
-from resnets.spec import CIFAR10, preprocess
+from resnet_serve.client import AsyncClassifier, ClassificationError, Classifier, ModelNotFound, ServerUnavailable
+from resnet_serve.client import __main__ as cli
+from resnet_serve.export import load_engine
+from resnet_serve.resnets.spec import CIFAR10, preprocess
 
 pytestmark = pytest.mark.server
 
@@ -199,7 +199,7 @@ def test_png_and_rgba_inputs(triton, cifar_jpg):
 
 
 def test_server_going_away_mid_run_keeps_the_results_so_far(small_repository, cifar_jpg):
-    from server import running
+    from resnet_serve.server import running
 
     files = cifar_test_files(cifar_jpg, 2)[:12]
     with running(small_repository, http_port=0, grpc_port=0, metrics_port=0) as server:

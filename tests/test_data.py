@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from resnets.data import (
+from resnet_serve.resnets.data import (
     DataLayoutError,
     ImageFolderDataset,
     download_cifar10,
@@ -17,7 +17,7 @@ from resnets.data import (
     random_crop_flip,
     to_tensor_nchw,
 )
-from resnets.spec import CIFAR10, CIFAR10_CLASSES, IMAGENET, ImageError
+from resnet_serve.resnets.spec import CIFAR10, CIFAR10_CLASSES, IMAGENET, ImageError
 
 
 def test_shared_jpeg_tree_loads_in_official_order(cifar_jpg, cifar_exact, cifar_test_set):

@@ -11,14 +11,14 @@ import onnx
 import pytest
 import torch
 
-import resnets
-from export import EngineError, load_engine
-from export import __main__ as export_cli
-from export.build import ExportBuilder, ExportConfig
-from export.fusion import onnx_graph_counts, source_graph
-from export.onnx_export import export_onnx, fold_conv_bn, prepare_for_export, zero_pad_as_conv
-from export.runtime import OnnxRuntimeEngine
-from resnets.models import ZeroPadShortcut
+from resnet_serve import resnets
+from resnet_serve.export import EngineError, load_engine
+from resnet_serve.export import __main__ as export_cli
+from resnet_serve.export.build import ExportBuilder, ExportConfig
+from resnet_serve.export.fusion import onnx_graph_counts, source_graph
+from resnet_serve.export.onnx_export import export_onnx, fold_conv_bn, prepare_for_export, zero_pad_as_conv
+from resnet_serve.export.runtime import OnnxRuntimeEngine
+from resnet_serve.resnets.models import ZeroPadShortcut
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -269,14 +269,14 @@ def test_tensorrt_engine_without_tensorrt_prints_the_trtexec_command(tmp_path, c
 def test_calibration_reads_the_official_batches(tmp_path, cifar_exact):
     from test_data import write_official_batches
 
-    from export.calibration import load_calibration_set
-    from resnets.spec import CIFAR10
+    from resnet_serve.export.calibration import load_calibration_set
+    from resnet_serve.resnets.spec import CIFAR10
 
     train, _, _ = write_official_batches(tmp_path / "cifar-10-batches-py", cifar_exact, n=100)
     calibration, held_out = load_calibration_set(tmp_path, CIFAR10, 64, held_out=16)
     assert calibration.shape == (64, 3, 32, 32) and held_out.shape == (16, 3, 32, 32)
     # every calibration image is one of the training images, normalised
-    from resnets.spec import normalize
+    from resnet_serve.resnets.spec import normalize
 
     pool = normalize(train.reshape(-1, 32, 32, 3), CIFAR10)
     assert all(np.abs(pool - image).reshape(len(pool), -1).max(1).min() < 1e-6 for image in calibration[:8])

@@ -12,12 +12,12 @@ import torch
 
 pytest.importorskip("triton", reason="the GPU engine's kernels need the triton package")
 
-import resnets  # noqa: E402
-from export.gpu.engine import GpuEngine, Planner, activation_amax, build_gpu_engine  # noqa: E402
-from export.gpu.kernels import conv2d  # noqa: E402
-from export.onnx_export import prepare_for_export  # noqa: E402
-from resnets.checkpoint import load_checkpoint  # noqa: E402
-from resnets.spec import CIFAR10, normalize  # noqa: E402
+from resnet_serve import resnets  # noqa: E402
+from resnet_serve.export.gpu.engine import GpuEngine, Planner, activation_amax, build_gpu_engine  # noqa: E402
+from resnet_serve.export.gpu.kernels import conv2d  # noqa: E402
+from resnet_serve.export.onnx_export import prepare_for_export  # noqa: E402
+from resnet_serve.resnets.checkpoint import load_checkpoint  # noqa: E402
+from resnet_serve.resnets.spec import CIFAR10, normalize  # noqa: E402
 
 SMALL_TILES = {"BM": 32, "BN": 16, "BK": 16, "num_warps": 1, "num_stages": 1}
 SHAPES = [  # (batch, side, C, OC, kernel, stride, pad)
@@ -186,7 +186,7 @@ def test_cuda_graph_replay_equals_eager(tmp_path, resnet20_checkpoint):
 
 
 def test_missing_plan_is_explained(tmp_path):
-    from export.runtime import EngineError
+    from resnet_serve.export.runtime import EngineError
 
     with pytest.raises(EngineError, match="has no plan.json"):
         GpuEngine(tmp_path)

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-import resnets
-from resnets.models import ZeroPadShortcut, arch_spec
+from resnet_serve import resnets
+from resnet_serve.resnets.models import ZeroPadShortcut, arch_spec
 
 
 @pytest.mark.parametrize("name", resnets.available())

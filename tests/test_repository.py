@@ -14,7 +14,7 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from export.repository import write_repository
+from resnet_serve.export.repository import write_repository
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,8 +22,8 @@ from conftest import cifar_test_files
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from export import load_engine
-from resnets.spec import CIFAR10, IMAGENET, preprocess, preprocess_pixels
+from resnet_serve.export import load_engine
+from resnet_serve.resnets.spec import CIFAR10, IMAGENET, preprocess, preprocess_pixels
 
 pytestmark = pytest.mark.server
 
@@ -236,7 +236,7 @@ def triton_processes() -> list[str]:
 
 
 def test_clean_shutdown_leaves_no_process(small_repository):
-    from server import running
+    from resnet_serve.server import running
 
     repo = small_repository
     before = set(triton_processes())
@@ -279,7 +279,7 @@ def test_model_that_fails_to_load_makes_the_cli_exit_nonzero(default_repository,
 
 
 def test_server_reports_a_missing_repository(tmp_path):
-    from server import ServerError, running
+    from resnet_serve.server import ServerError, running
 
     with pytest.raises(ServerError, match="does not exist; create one with"):
         with running(tmp_path / "nowhere", http_port=0, grpc_port=0, metrics_port=0):

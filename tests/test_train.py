@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from resnets import train
-from resnets.checkpoint import load_checkpoint
+from resnet_serve.resnets import train
+from resnet_serve.resnets.checkpoint import load_checkpoint
 
 
 def test_paper_schedule_divides_at_32k_and_48k():

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.runtime import Engine, EngineError, EngineInfo
-from resnets.models import BasicBlock, Bottleneck, ResNet
+from resnet_serve.export.runtime import Engine, EngineError, EngineInfo
+from resnet_serve.resnets.models import BasicBlock, Bottleneck, ResNet
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ class GpuEngine(Engine):
             raise EngineError(
                 f"{directory} has no {PLAN_FILE}; build it with `python -m export --engines gpu`"
             ) from None
-        from export.gpu import kernels  # noqa: F401 - fail early if triton is missing
+        from resnet_serve.export.gpu import kernels  # noqa: F401 - fail early if triton is missing
 
         self.kernels = kernels
         if not torch.cuda.is_available() or device == "cpu":
@@ -433,7 +433,7 @@ def autotune(engine: GpuEngine, batch_sizes: dict[str, int]) -> None:
     """Time every candidate tile configuration of every conv, per batch class; keep the fastest."""
     from triton.testing import do_bench
 
-    from export.gpu.kernels import CANDIDATE_CONFIGS
+    from resnet_serve.export.gpu.kernels import CANDIDATE_CONFIGS
 
     for label, batch in batch_sizes.items():
         bucket = engine._bucket(batch)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from export.runtime import load_engine
-from resnets.spec import DATASETS, normalize
+from resnet_serve.export.runtime import load_engine
+from resnet_serve.resnets.spec import DATASETS, normalize
 
 
 def _parameter(config: dict, name: str, default: str | None = None) -> str | None:

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from resnets.spec import DATASETS, ImageError, normalize, preprocess_pixels
+from resnet_serve.resnets.spec import DATASETS, ImageError, normalize, preprocess_pixels
 
 
 class TritonPythonModel:
