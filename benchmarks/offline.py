@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from resnet_serve.export.runtime import Engine
+from resnet_serve.engines import Engine
 
 
 def percentiles_ms(seconds: list[float]) -> dict:

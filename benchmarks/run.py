@@ -26,7 +26,8 @@ from resnet_serve.benchmarks import gate, report
 from resnet_serve.benchmarks.load import Payload, run_load
 from resnet_serve.benchmarks.offline import time_engine
 from resnet_serve.client.classifier import Connection
-from resnet_serve.export.runtime import Engine, EngineError, TorchEngine, default_threads, load_engine
+from resnet_serve.engines import Engine, EngineError, default_threads, load_engine
+from resnet_serve.engines.pytorch import TorchEngine
 from resnet_serve.resnets.checkpoint import file_sha256
 from resnet_serve.resnets.console import progress
 from resnet_serve.resnets.data import default_cifar_dir, load_cifar10, scan_image_folder
@@ -233,13 +234,17 @@ class Benchmark:
                         (
                             "pytorch",
                             precision,
-                            TorchEngine(self.checkpoint(model), precision=precision, threads=self.threads),
+                            TorchEngine.from_checkpoint(
+                                self.checkpoint(model), precision=precision, threads=self.threads
+                            ),
                         )
                     )
         if "pytorch" in self.engines and torch_cuda_available():
-            from resnet_serve.benchmarks.cuda_peers import MODES, CudaTorchEngine
+            from resnet_serve.engines.pytorch import CUDA_MODES, CudaTorchEngine
 
-            engines += [(f"pytorch-{mode}", "fp16", CudaTorchEngine(self.checkpoint(model), mode)) for mode in MODES]
+            engines += [
+                (f"pytorch-{mode}", "fp16", CudaTorchEngine(self.checkpoint(model), mode)) for mode in CUDA_MODES
+            ]
         for engine, precision, path in self.engine_dirs(model):
             try:
                 engines.append((engine, precision, load_engine(path, threads=self.threads)))
@@ -445,7 +450,9 @@ class Benchmark:
             if self.dataset(model) != "cifar10":
                 log.info("accuracy: skipping %s (no labelled %s test set here)", model, self.dataset(model))
                 continue
-            reference = acc.engine_logits(TorchEngine(self.checkpoint(model), threads=self.threads), images)
+            reference = acc.engine_logits(
+                TorchEngine.from_checkpoint(self.checkpoint(model), threads=self.threads), images
+            )
             base = acc.summarize(reference, labels, classes)
             records = [{"model": model, "engine": "pytorch", "precision": "fp32", "where": "offline", **base}]
             served = dict(self.served_models(model)) if grpc_url and self.suite.served else {}

@@ -15,7 +15,14 @@ import logging
 import sys
 from pathlib import Path
 
-from resnet_serve.client.classifier import Classifier, ClientError, Connection, ImageResult, ModelNotFound, ServerUnavailable
+from resnet_serve.client.classifier import (
+    Classifier,
+    ClientError,
+    Connection,
+    ImageResult,
+    ModelNotFound,
+    ServerUnavailable,
+)
 from resnet_serve.resnets.data import is_image_file
 
 EXIT_OK, EXIT_FAILED_IMAGES, EXIT_UNAVAILABLE = 0, 1, 2

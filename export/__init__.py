@@ -1,8 +1,5 @@
-"""Checkpoint -> ONNX -> CPU engines (ONNX Runtime, OpenVINO; FP32/INT8) and TensorRT-ready artifacts.
+"""Checkpoint -> ONNX -> CPU engines (ONNX Runtime, OpenVINO; FP32/INT8), the GPU engine, TensorRT-ready
+artifacts, and the Triton model repository that serves them.
 
-``load_engine(path)`` is the one runtime API the server and the benchmarks use.
+Engines are loaded and run through ``resnet_serve.engines``; this package builds them and checks them.
 """
-
-from resnet_serve.export.runtime import Engine, EngineError, EngineInfo, load_engine
-
-__all__ = ["Engine", "EngineError", "EngineInfo", "load_engine"]

@@ -12,10 +12,10 @@ import logging
 import sys
 from pathlib import Path
 
+from resnet_serve.engines import EngineError
 from resnet_serve.export.build import ENGINE_PRECISIONS, PRECISIONS, ExportBuilder, ExportConfig, ExportConfigError
 from resnet_serve.export.calibration import CalibrationError
 from resnet_serve.export.onnx_export import ExportError
-from resnet_serve.export.runtime import EngineError
 from resnet_serve.resnets.checkpoint import CheckpointError
 from resnet_serve.resnets.data import DataLayoutError
 from resnet_serve.resnets.models import UnknownArchError

@@ -19,6 +19,9 @@ import numpy as np
 import onnx
 import torch
 
+from resnet_serve.engines import Engine, EngineError, load_engine, write_manifest
+from resnet_serve.engines.base import require
+from resnet_serve.engines.onnxruntime import OnnxRuntimeEngine
 from resnet_serve.export import fusion
 from resnet_serve.export.calibration import HELD_OUT, CalibrationError, calibration_files, load_calibration_set
 from resnet_serve.export.onnx_export import describe_io, export_onnx, op_counts, prepare_for_export, torch_logits
@@ -30,7 +33,6 @@ from resnet_serve.export.quantize import (
     quantize_onnx,
     to_fp16,
 )
-from resnet_serve.export.runtime import Engine, EngineError, OnnxRuntimeEngine, load_engine, write_manifest
 from resnet_serve.resnets.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from resnet_serve.resnets.data import default_cifar_dir, load_cifar10
 from resnet_serve.resnets.env import environment
@@ -279,7 +281,8 @@ class ExportBuilder:
         return {"method": best, "candidates": candidates}
 
     def _build_openvino(self, precision: str) -> None:
-        from resnet_serve.export.openvino_build import convert_ir, cpu_capabilities, quantize_ir
+        from resnet_serve.engines.openvino import cpu_capabilities
+        from resnet_serve.export.openvino_build import convert_ir, quantize_ir
 
         capability = {"bf16": "BF16", "fp16": "FP16"}.get(precision)
         if capability and capability not in (caps := cpu_capabilities()):
@@ -307,10 +310,9 @@ class ExportBuilder:
         self._add(Artifact("openvino", precision, directory, "model.xml", details))
 
     def _build_gpu(self, precision: str) -> None:
-        try:
-            from resnet_serve.export.gpu.engine import build_gpu_engine
-        except ImportError as exc:
-            raise ImportError(f"the GPU engine needs the triton package: pip install triton ({exc})") from None
+        require("triton", "pip install triton (the GPU engine's kernels are Triton-lang)")
+        from resnet_serve.export.gpu_build import build_gpu_engine
+
         directory = self.out / f"gpu-{precision}"
         calibration = self.calibration()[0] if precision == "int8" else None
         method = (

@@ -7,20 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet_serve.engines.base import require
+from resnet_serve.engines.openvino import openvino
+
 log = logging.getLogger(__name__)
-
-
-def _openvino():
-    try:
-        import openvino as ov
-    except ImportError as exc:
-        raise ImportError("the openvino engine needs the openvino package: pip install openvino") from exc
-    return ov
 
 
 def convert_ir(onnx_path: Path, xml_path: Path) -> Path:
     """ONNX -> OpenVINO IR. ``compress_to_fp16=False``: OpenVINO would otherwise store f16 weights."""
-    ov = _openvino()
+    ov = openvino()
     model = ov.convert_model(str(onnx_path))
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
@@ -30,11 +25,8 @@ def convert_ir(onnx_path: Path, xml_path: Path) -> Path:
 def quantize_ir(onnx_path: Path, xml_path: Path, calibration: np.ndarray, *, preset: str = "mixed") -> Path:
     """INT8 IR with nncf post-training quantization (per-channel weights; ``preset`` mixed = asymmetric
     activations, performance = symmetric), calibrated on the given images one at a time."""
-    ov = _openvino()
-    try:
-        import nncf
-    except ImportError as exc:
-        raise ImportError("OpenVINO INT8 needs nncf: pip install nncf") from exc
+    ov = openvino()
+    nncf = require("nncf", "pip install nncf (OpenVINO INT8 quantization)")
     model = ov.convert_model(str(onnx_path))
     dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
     presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
@@ -42,7 +34,3 @@ def quantize_ir(onnx_path: Path, xml_path: Path, calibration: np.ndarray, *, pre
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
     return xml_path
-
-
-def cpu_capabilities() -> list[str]:
-    return list(_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_serve.export.runtime import read_manifest
+from resnet_serve.engines import read_manifest
 from resnet_serve.resnets.spec import (
     DATASETS,
     IMAGE_BYTES_NAME,

@@ -30,7 +30,14 @@ import torch
 
 from resnet_serve.resnets.checkpoint import CheckpointError, save_checkpoint
 from resnet_serve.resnets.console import progress
-from resnet_serve.resnets.data import DataLayoutError, Normalizer, TensorBatches, default_cifar_dir, load_cifar10, to_tensor_nchw
+from resnet_serve.resnets.data import (
+    DataLayoutError,
+    Normalizer,
+    TensorBatches,
+    default_cifar_dir,
+    load_cifar10,
+    to_tensor_nchw,
+)
 from resnet_serve.resnets.env import REPO_ROOT, environment
 from resnet_serve.resnets.evaluate import evaluate_model
 from resnet_serve.resnets.models import UnknownArchError, arch_spec, build

@@ -13,7 +13,7 @@ from PIL import Image
 
 from resnet_serve.client import AsyncClassifier, ClassificationError, Classifier, ModelNotFound, ServerUnavailable
 from resnet_serve.client import __main__ as cli
-from resnet_serve.export import load_engine
+from resnet_serve.engines import load_engine
 from resnet_serve.resnets.spec import CIFAR10, preprocess
 
 pytestmark = pytest.mark.server

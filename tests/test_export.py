@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import builtins
 import importlib.util
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from resnet_serve import resnets
-from resnet_serve.export import EngineError, load_engine
+from resnet_serve.engines import EngineError, load_engine
+from resnet_serve.engines.onnxruntime import OnnxRuntimeEngine
 from resnet_serve.export import __main__ as export_cli
 from resnet_serve.export.build import ExportBuilder, ExportConfig
 from resnet_serve.export.fusion import onnx_graph_counts, source_graph
 from resnet_serve.export.onnx_export import export_onnx, fold_conv_bn, prepare_for_export, zero_pad_as_conv
-from resnet_serve.export.runtime import OnnxRuntimeEngine
 from resnet_serve.resnets.models import ZeroPadShortcut
 
 
@@ -216,14 +216,7 @@ def test_bad_inputs_get_clear_errors(tmp_path, caplog, resnet20_checkpoint):
 
 
 def test_missing_engine_package_names_the_fix(tmp_path, caplog, resnet20_checkpoint, monkeypatch):
-    real_import = builtins.__import__
-
-    def no_openvino(name, *args, **kwargs):
-        if name == "openvino" or name.startswith("openvino."):
-            raise ImportError("No module named 'openvino'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what `import openvino` sees where it is not installed
     code, text = run_cli(
         [
             "--checkpoint",

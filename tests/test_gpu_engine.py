@@ -13,8 +13,12 @@ import torch
 pytest.importorskip("triton", reason="the GPU engine's kernels need the triton package")
 
 from resnet_serve import resnets  # noqa: E402
-from resnet_serve.export.gpu.engine import GpuEngine, Planner, activation_amax, build_gpu_engine  # noqa: E402
-from resnet_serve.export.gpu.kernels import conv2d  # noqa: E402
+from resnet_serve.engines import EngineError  # noqa: E402
+from resnet_serve.engines.gpu.engine import GpuEngine  # noqa: E402
+from resnet_serve.engines.gpu.kernels import DEFAULT_CONFIG, conv2d  # noqa: E402
+from resnet_serve.engines.gpu.plan import BATCH_CLASSES, Plan, Tiles  # noqa: E402
+from resnet_serve.export.calibration import load_calibration_set  # noqa: E402
+from resnet_serve.export.gpu_build import Planner, activation_amax, autotune, build_gpu_engine  # noqa: E402
 from resnet_serve.export.onnx_export import prepare_for_export  # noqa: E402
 from resnet_serve.resnets.checkpoint import load_checkpoint  # noqa: E402
 from resnet_serve.resnets.spec import CIFAR10, normalize  # noqa: E402
@@ -102,47 +106,94 @@ def test_conv_rejects_inconsistent_shapes():
         )
 
 
+FAST_TILES = {"BM": 128, "BN": 64, "BK": 64, "num_warps": 4, "num_stages": 1}
+
+
 def fast_tiles(directory):
     """Interpreter runs: larger tiles mean fewer (slow) interpreted programs."""
-    import json
-
-    plan = json.loads((directory / "plan.json").read_text())
-    for op in plan["ops"]:
-        if op["op"] == "conv":
-            op["config"] = {"small": {"BM": 128, "BN": 64, "BK": 64, "num_warps": 4, "num_stages": 1}}
-    (directory / "plan.json").write_text(json.dumps(plan))
+    plan = Plan.load(directory)
+    for op in plan.convs:
+        op.tiles = {label: Tiles(config=FAST_TILES, tuned=False) for label in BATCH_CLASSES}
+    plan.save(directory)
+    return directory
 
 
 def test_resnet20_plan_structure():
     plan = Planner(prepare_for_export(resnets.build("resnet20")), (3, 32, 32), "fp16", None).build()
-    convs = [op for op in plan["ops"] if op["op"] == "conv"]
-    assert len(convs) == 21  # stem + 18 block convs + 2 option-A shortcuts as [I; 0] convs
-    assert sum(op["res"] is not None for op in convs) == 9 and all(op["relu"] for op in convs if op["res"])
-    assert len(plan["buffer_bytes_per_image"]) < len(plan["tensors"])  # buffers are shared by liveness
-    assert plan["ops"][0]["op"] == "input" and plan["ops"][-1]["op"] == "head"
+    assert len(plan.convs) == 21  # stem + 18 block convs + 2 option-A shortcuts as [I; 0] convs
+    assert sum(op.residual is not None for op in plan.convs) == 9
+    assert all(op.relu for op in plan.convs if op.residual)
+    assert len(plan.buffer_bytes_per_image) < len(plan.tensors)  # buffers are shared by liveness
+    assert plan.ops[0].kind == "input" and plan.ops[-1].kind == "head"
 
 
-def test_resnet20_engines_match_pytorch(tmp_path, resnet20_checkpoint, cifar_test_set):
+def test_plan_records_untuned_tiles_and_survives_a_round_trip(tmp_path):
+    model = prepare_for_export(resnets.build("resnet20"))
+    plan = build_gpu_engine(model, tmp_path, precision="fp16", input_shape=(3, 32, 32), calibration=None, device="cpu")
+    assert not plan.autotuned
+    for op in plan.convs:  # no GPU to tune on: the default tiles, recorded as untuned, with the reason
+        assert set(op.tiles) == set(BATCH_CLASSES)
+        assert all(
+            not t.tuned and t.config == DEFAULT_CONFIG and "no CUDA GPU" in t.failures["autotune"]
+            for t in op.tiles.values()
+        )
+    assert Plan.load(tmp_path).to_json() == plan.to_json()
+
+
+def test_plan_refuses_a_layer_without_a_valid_tuning(tmp_path):
+    plan = build_gpu_engine(
+        prepare_for_export(resnets.build("resnet20")),
+        tmp_path,
+        precision="fp16",
+        input_shape=(3, 32, 32),
+        calibration=None,
+        device="cpu",
+    )
+    layer = next(op for op in plan.convs if op.name == "layer2.0.conv2")
+    layer.tiles["large"] = Tiles(config=DEFAULT_CONFIG, tuned=True, ms=float("inf"))
+    with pytest.raises(EngineError, match=r"layer2.0.conv2 \(large\) is marked tuned without a valid time: inf"):
+        plan.save(tmp_path)
+    del layer.tiles["small"]
+    with pytest.raises(EngineError, match="layer2.0.conv2 has no tile configuration for small batches"):
+        plan.check()
+
+
+def test_autotuner_names_the_layer_when_no_candidate_runs(tmp_path):
+    """Where no candidate can be timed (here: no CUDA for the benchmark timer) the build stops and says why."""
+    build_gpu_engine(
+        prepare_for_export(resnets.build("resnet20")),
+        tmp_path,
+        precision="fp16",
+        input_shape=(3, 32, 32),
+        calibration=None,
+        device="cpu",
+    )
+    engine = GpuEngine(fast_tiles(tmp_path))
+    with pytest.raises(EngineError, match=r"no tile configuration works for conv1 at batch 1 .*: 64x64x32x4x3: "):
+        autotune(engine, {"small": 1})
+
+
+def test_resnet20_engines_match_pytorch(tmp_path, resnet20_checkpoint, cifar_test_set, cifar_jpg):
     model, _ = load_checkpoint(resnet20_checkpoint)
     prepared = prepare_for_export(model)
     rng = np.random.default_rng(0)
     pick = rng.choice(len(cifar_test_set), 4, replace=False)
     images = normalize(cifar_test_set.images[pick], CIFAR10)
-    calibration = normalize(cifar_test_set.images[rng.choice(len(cifar_test_set), 64, replace=False)], CIFAR10)
+    calibration, _ = load_calibration_set(cifar_jpg / "train", CIFAR10, 64)  # training images, never the test split
     with torch.no_grad():
         reference = model(torch.from_numpy(images)).numpy()
     spread = reference.max() - reference.min()
     for precision, tolerance in (("fp16", 0.01), ("int8", 0.15)):
-        directory = build_gpu_engine(
+        directory = tmp_path / precision
+        build_gpu_engine(
             prepared,
-            tmp_path / precision,
+            directory,
             precision=precision,
             input_shape=(3, 32, 32),
             calibration=calibration if precision == "int8" else None,
             device="cpu",
         )
-        fast_tiles(directory)
-        engine = GpuEngine(directory)
+        engine = GpuEngine(fast_tiles(directory))
         assert engine.info()["engine"] == "gpu" and engine.info()["precision"] == precision
         logits = engine.infer(images)
         assert np.abs(logits - reference).max() <= tolerance * spread, precision
@@ -163,22 +214,20 @@ def test_imagenet_bottleneck_plan_with_maxpool_runs(tmp_path):
         reference = model(torch.from_numpy(images)).numpy()
     amax = activation_amax(prepared, np.random.default_rng(1).standard_normal((4, 3, 64, 64), dtype=np.float32))
     int8_plan = Planner(prepared, (3, 64, 64), "int8", amax).build()
-    assert [op["op"] for op in int8_plan["ops"][:4]] == ["input", "conv", "maxpool", "quantize"]
-    assert sum(op["op"] == "conv" for op in int8_plan["ops"]) == 53
-    directory = build_gpu_engine(
+    assert [op.kind for op in int8_plan.ops[:4]] == ["input", "conv", "maxpool", "quantize"]
+    assert len(int8_plan.convs) == 53
+    build_gpu_engine(
         prepared, tmp_path / "fp16", precision="fp16", input_shape=(3, 64, 64), calibration=None, device="cpu"
     )
-    fast_tiles(directory)
-    logits = GpuEngine(directory).infer(images)
+    logits = GpuEngine(fast_tiles(tmp_path / "fp16")).infer(images)
     assert np.abs(logits - reference).max() <= 0.02 * (reference.max() - reference.min())
 
 
 @pytest.mark.gpu
 def test_cuda_graph_replay_equals_eager(tmp_path, resnet20_checkpoint):
     model, _ = load_checkpoint(resnet20_checkpoint)
-    directory = build_gpu_engine(
-        prepare_for_export(model), tmp_path / "fp16", precision="fp16", input_shape=(3, 32, 32), calibration=None
-    )
+    directory = tmp_path / "fp16"
+    build_gpu_engine(prepare_for_export(model), directory, precision="fp16", input_shape=(3, 32, 32), calibration=None)
     x = np.random.default_rng(0).standard_normal((37, 3, 32, 32), dtype=np.float32)
     graph = GpuEngine(directory, use_cuda_graph=True).infer(x)
     eager = GpuEngine(directory, use_cuda_graph=False).infer(x)
@@ -186,7 +235,5 @@ def test_cuda_graph_replay_equals_eager(tmp_path, resnet20_checkpoint):
 
 
 def test_missing_plan_is_explained(tmp_path):
-    from resnet_serve.export.runtime import EngineError
-
     with pytest.raises(EngineError, match="has no plan.json"):
         GpuEngine(tmp_path)

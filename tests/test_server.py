@@ -22,7 +22,7 @@ from conftest import cifar_test_files
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from resnet_serve.export import load_engine
+from resnet_serve.engines import load_engine
 from resnet_serve.resnets.spec import CIFAR10, IMAGENET, preprocess, preprocess_pixels
 
 pytestmark = pytest.mark.server

@@ -1,4 +1,4 @@
-"""Triton Python-backend classifier: a batch of preprocessed images -> logits, through ``export.load_engine``.
+"""Triton Python-backend classifier: a batch of preprocessed images -> logits, through ``engines.load_engine``.
 
 Reads everything from the model configuration: input/output names and dtypes, and the parameters
 ``engine_dir`` (relative to the version directory) and ``threads``. With dynamic batching Triton
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from resnet_serve.export.runtime import load_engine
+from resnet_serve.engines import load_engine
 from resnet_serve.resnets.spec import DATASETS, normalize
 
 

@@ -1,0 +1,129 @@
+"""OpenVINO backend on the CPU: fp32 or bf16 (inference hint), or int8 (an nncf-quantized IR).
+
+The precision ``info()`` reports is read from the compiled model's runtime graph (the precision its
+convolutions really run in), not from the request: without an explicit f32 hint OpenVINO runs bf16
+on CPUs that have it, and silently falls back to f32 on CPUs that do not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from resnet_serve.engines.base import Engine, EngineError, EngineInfo, default_threads, require
+
+log = logging.getLogger(__name__)
+
+HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def openvino():
+    return require("openvino", "pip install openvino")
+
+
+def cpu_capabilities() -> list[str]:
+    """OpenVINO's optimization capabilities of this CPU (FP32, INT8, BF16, FP16, ...)."""
+    return list(openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+class OpenVinoEngine(Engine):
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        precision: str = "fp32",
+        threads: int | None = None,
+        device: str = "cpu",
+        meta: dict | None = None,
+    ) -> None:
+        ov = openvino()
+        if device != "cpu":
+            raise EngineError(f"the OpenVINO engine runs on the CPU only, not {device!r}")
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise EngineError(f"OpenVINO model {self.model_path} not found; run `python -m export` first")
+        threads = threads or default_threads()
+        hint = HINTS.get(precision)
+        if hint is None:
+            raise EngineError(f"unknown OpenVINO precision {precision!r}; use {', '.join(HINTS)}")
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": hint,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        try:
+            self.compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with the reason
+            raise EngineError(f"OpenVINO could not compile {self.model_path}: {exc}") from exc
+        self.request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: calls from several threads take turns
+        runtime = runtime_precisions(self.compiled)
+        really = (
+            "int8"
+            if "i8" in runtime or "u8" in runtime
+            else {"bf16": "bf16", "f16": "fp16"}.get(runtime.get("dominant"), "fp32")
+        )
+        if really != precision:
+            log.warning(
+                "OpenVINO was asked for %s but runs %s on this CPU (capabilities: %s)",
+                precision,
+                really,
+                ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+            )
+        inp, out = self.compiled.inputs[0], self.compiled.outputs[0]
+        meta = meta or {}
+        self._info = EngineInfo(
+            engine="openvino",
+            precision=really,
+            device="cpu",
+            threads=threads,
+            input_name=inp.get_any_name(),
+            input_shape=[d.get_length() if d.is_static else -1 for d in inp.get_partial_shape()],
+            input_dtype=inp.get_element_type().to_dtype().name,
+            output_name=out.get_any_name(),
+            num_classes=out.get_partial_shape()[-1].get_length(),
+            arch=meta.get("arch"),
+            dataset=meta.get("dataset"),
+            path=str(self.model_path),
+            details={
+                "requested_precision": precision,
+                "inference_precision_hint": hint,
+                "conv_runtime_precisions": runtime,
+                "openvino": ov.__version__,
+            },
+        )
+
+    @classmethod
+    def from_manifest(cls, directory: Path, manifest: dict, *, threads: int | None, device: str, **options):
+        meta = {"arch": manifest.get("arch"), "dataset": manifest.get("dataset")}
+        return cls(
+            directory / manifest["file"],
+            precision=manifest.get("precision", "fp32"),
+            threads=threads,
+            device=device,
+            meta=meta,
+            **options,
+        )
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.request.infer({0: batch})
+            return self.request.get_output_tensor(0).data.copy()
+
+
+def runtime_precisions(compiled) -> dict:
+    """Counts of the runtime precisions of a compiled model's convolutions, plus the dominant one."""
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if str(info["layerType"].astype(str)) == "Convolution":
+            precision = str(info["runtimePrecision"].astype(str))
+            counts[precision] = counts.get(precision, 0) + 1
+    if counts:
+        counts["dominant"] = max((k for k in counts if k != "dominant"), key=counts.get)
+    return counts
