@@ -1,28 +1,27 @@
-"""Top-1/top-5 of every engine, offline (engine.infer on preprocessed images) and served (encoded
-JPEG bytes through a Triton ensemble), with per-image agreement between the two."""
+"""Top-1/top-5 of every engine on the labelled test split: offline (engine.infer on the preprocessed images)
+and served (the encoded images through each Triton ensemble), with per-image agreement between the two.
+Scoring is ``resnets.metrics``, as in export and evaluation. The served path is torch-free."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import numpy as np
 
-from resnet_serve.resnets.evaluate import accuracy_report
+from resnet_serve.engines import load_engine
+from resnet_serve.resnets.console import progress
+from resnet_serve.resnets.metrics import accuracy_report, top1_agreement_pct
+
+log = logging.getLogger(__name__)
 
 
 def summarize(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
     report = accuracy_report(logits, labels, classes)
-    report.pop("per_class")
     return {"n": report["n"], "top1_pct": report["top1"], "top5_pct": report["top5"]}
 
 
-def engine_logits(engine, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    return np.concatenate([engine.infer(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-
-
-async def _served_logits(
-    url: str, protocol: str, model: str, encoded: list[bytes], batch_size: int, concurrency: int
-) -> np.ndarray:
+async def _served_logits(url: str, protocol: str, model: str, encoded: list[bytes], batch_size: int, concurrency: int):
     if protocol == "grpc":
         import tritonclient.grpc.aio as module
     else:
@@ -54,8 +53,72 @@ def served_logits(
 
 def agreement(served: np.ndarray, offline: np.ndarray) -> dict:
     """How often the served and offline logits of the same images give the same top-1."""
-    same = served.argmax(1) == offline.argmax(1)
     return {
-        "top1_agreement_with_offline_pct": round(100.0 * float(same.mean()), 3),
-        "top1_disagreements_with_offline": int((~same).sum()),
+        "top1_agreement_with_offline_pct": top1_agreement_pct(served, offline),
+        "top1_disagreements_with_offline": int((served.argmax(1) != offline.argmax(1)).sum()),
     }
+
+
+def run_accuracy(ctx, grpc_url: str | None) -> list[dict]:
+    """Rows per model: PyTorch FP32 and every engine offline (where the suite runs engines here), every
+    served ensemble through ``grpc_url``; deltas against PyTorch FP32 when it was measured."""
+    rows = []
+    for model in ctx.suite.models:
+        images = ctx.images(model)
+        if images is None or images.labels is None:
+            log.info("accuracy: skipping %s (no labelled %s test set here)", model, ctx.spec(model).name)
+            continue
+        spec, labels, classes = ctx.spec(model), images.labels, images.classes
+        records, offline = [], {}
+        if ctx.suite.offline_accuracy:
+            from resnet_serve.engines.pytorch import TorchEngine
+
+            summary = ctx.exports[model]
+            normalized = images.normalized(spec)
+            reference = TorchEngine.from_checkpoint(summary.model.checkpoint, threads=ctx.threads).infer_all(normalized)
+            records.append(
+                {"engine": "pytorch", "precision": "fp32", "where": "offline", **summarize(reference, labels, classes)}
+            )
+            wanted = [a for a in summary.artifacts if ctx.wanted(a.engine, a.precision) and a.runnable]
+            for artifact in progress(wanted, f"accuracy {model}"):
+                logits = load_engine(artifact.path, threads=ctx.threads).infer_all(normalized)
+                offline[artifact.name] = logits
+                records.append(
+                    {
+                        "engine": artifact.engine,
+                        "precision": artifact.precision,
+                        "where": "offline",
+                        **summarize(logits, labels, classes),
+                    }
+                )
+        if grpc_url and ctx.suite.served:
+            for served in ctx.served_engines(model):
+                logits = served_logits(grpc_url, "grpc", served.ensemble, images.encoded)
+                records.append(
+                    {
+                        "engine": served.engine,
+                        "precision": served.precision,
+                        "where": "served",
+                        "served_model": served.ensemble,
+                        **summarize(logits, labels, classes),
+                        **(agreement(logits, offline[served.key]) if served.key in offline else {}),
+                    }
+                )
+        base = next((r for r in records if r["engine"] == "pytorch" and r["where"] == "offline"), None)
+        for r in records:
+            r["model"] = model
+            if base:
+                r["top1_delta_pct"] = round(r["top1_pct"] - base["top1_pct"], 2)
+                r["top5_delta_pct"] = round(r["top5_pct"] - base["top5_pct"], 2)
+            log.info(
+                "accuracy %-8s %-12s %-5s %-8s top-1 %.2f%% (%s)  top-5 %.2f%%",
+                model,
+                r["engine"],
+                r["precision"],
+                r["where"],
+                r["top1_pct"],
+                f"{r['top1_delta_pct']:+.2f}" if base else "no FP32 reference in this run",
+                r["top5_pct"],
+            )
+        rows += records
+    return rows

@@ -32,3 +32,31 @@ def check(accuracy: list[dict], baselines: list[dict], *, require_all: bool = Tr
                         f"{want:.2f}% - {base['tolerance_pct']} points"
                     )
     return problems
+
+
+def write_baselines(path: Path, results: dict, tolerance: float, data_name: str) -> None:
+    """Baselines from a run's offline accuracy (served figures must equal them to be trusted)."""
+    entries = [
+        {
+            "model": r["model"],
+            "engine": r["engine"],
+            "precision": r["precision"],
+            "top1": r["top1_pct"],
+            "top5": r["top5_pct"],
+            "tolerance_pct": tolerance,
+        }
+        for r in results["accuracy"]
+        if r["where"] == "offline"
+    ]
+    data = {
+        "schema_version": results["schema_version"],
+        "data": f"{data_name} test split ({results['accuracy'][0]['n']:,} images)",
+        "measured": {
+            "git_commit": results["environment"]["git_commit"],
+            "cpu_model": results["environment"]["cpu_model"],
+            "started": results["started"],
+        },
+        "command": "python benchmarks/run.py --suite accuracy --write-baselines " + str(path),
+        "entries": entries,
+    }
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Measure serving settings side by side: the data behind ``export.repository.CPU_PROFILE``.
 
-    python -m benchmarks.profile_sweep --build-dir build --engine onnxruntime-int8 --out benchmarks/results/sweep
+    python -m resnet_serve.benchmarks.profile_sweep --engine onnxruntime-int8 --out benchmarks/results/sweep
 
 For each variant (instances x engine threads, classifier input dtype, batching window) a repository
 with just that model is written, the real server is started on it, and the JPEG ensemble is driven
@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet_serve import cli, settings
 from resnet_serve.benchmarks.load import Payload, run_load
 from resnet_serve.export.repository import CPU_PROFILE, write_repository
-from resnet_serve.resnets.data import default_cifar_dir, scan_image_folder
-from resnet_serve.resnets.env import REPO_ROOT, environment
+from resnet_serve.resnets.data import scan_image_folder
+from resnet_serve.resnets.env import environment
 from resnet_serve.server import running
 
-log = logging.getLogger("benchmarks.sweep")
+log = logging.getLogger(__name__)
 
 # Each variant states every setting it uses, so the sweep means the same whatever CPU_PROFILE holds.
 BASE = {
@@ -55,43 +56,39 @@ VARIANTS = {
 }
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("--build-dir", type=Path, default=REPO_ROOT / "build")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m resnet_serve.benchmarks.profile_sweep", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--build-dir", type=Path, help=f"exported engines (default: ${settings.BUILD_ENV} or build)")
+    p.add_argument("--data-dir", type=Path, help="CIFAR-10 data (default: cifar-10-jpg under the data root)")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--engine", default="onnxruntime-int8")
-    p.add_argument("--concurrency", default="1,16,64")
+    p.add_argument("--concurrency", type=cli.csv_ints, default=(1, 16, 64))
     p.add_argument("--duration", type=float, default=8.0)
-    p.add_argument("--variants", help="comma list of variant numbers (1-based) to run (default: all)")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "sweep")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("server").setLevel(logging.WARNING)
-    concurrency = [int(c) for c in args.concurrency.split(",")]
-    _, samples = scan_image_folder(default_cifar_dir() / "test")
+    p.add_argument("--variants", type=cli.csv_ints, help="variant numbers (1-based) to run (default: all)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "sweep")
+    return p
+
+
+def sweep(args) -> int:
+    _, samples = scan_image_folder(settings.cifar_dir(args.data_dir) / "test")
     encoded = [path.read_bytes() for path, _ in samples[::40]]  # 250 real test JPEGs across the classes
-    export_dir = args.build_dir / args.model
-    summary = json.loads((export_dir / "export.json").read_text())
-    only = {int(v) for v in args.variants.split(",")} if args.variants else None
+    export_dir = settings.build_dir(args.build_dir) / args.model
+    payload_images = [np.array([[b]], dtype=np.object_) for b in encoded]
     results = {"environment": environment(), "model": args.model, "engine": args.engine, "variants": []}
     for number, (name, change) in enumerate(VARIANTS.items(), start=1):
-        if only and number not in only:
+        if args.variants and number not in args.variants:
             continue
         profile = replace(CPU_PROFILE, **{**BASE, **change})
         with tempfile.TemporaryDirectory() as tmp:
-            trimmed = Path(tmp) / "export"
-            trimmed.mkdir()
-            for item in ("labels.txt",):
-                (trimmed / item).write_text((export_dir / item).read_text())
-            keep = [a for a in summary["artifacts"] if a["name"] == args.engine]
-            (trimmed / "export.json").write_text(json.dumps({**summary, "artifacts": keep}))
             repo = Path(tmp) / "repo"
-            write_repository(repo, trimmed, profile=profile, default_alias=False)
-            ensemble = f"{args.model}_{args.engine.replace('-', '_')}"
-            payload = Payload(ensemble, "image", "BYTES", [np.array([[b]], dtype=np.object_) for b in encoded], "jpeg")
+            network = write_repository(repo, export_dir, profile=profile, default_alias=False, engines=(args.engine,))
+            served = network.engine(args.engine)
+            payload = Payload(served.ensemble, "image", "BYTES", payload_images, "jpeg")
             with running(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
-                for c in concurrency:
-                    stats = [ensemble, f"preprocess_{summary['model']['dataset']}", f"{ensemble}_classifier"]
+                for c in args.concurrency:
+                    stats = [served.ensemble, network.preprocess, served.classifier]
                     r = asyncio.run(
                         run_load(
                             server.grpc_url,
@@ -102,7 +99,7 @@ def main(argv=None) -> int:
                             duration_s=args.duration,
                         )
                     )
-                    clf = r["server"].get(f"{ensemble}_classifier", {})
+                    clf = r["server"].get(served.classifier, {})
                     row = {
                         "variant": name,
                         "concurrency": c,
@@ -128,6 +125,10 @@ def main(argv=None) -> int:
     (args.out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps([{k: v for k, v in r.items() if k != "server"} for r in results["variants"]], indent=1))
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), sweep, argv, quiet=("resnet_serve.server",))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ from __future__ import annotations
 import time
 
 from resnet_serve.benchmarks.offline import percentiles_ms
-from resnet_serve.client.classifier import Classifier
+from resnet_serve.client.core import prepare_all
+from resnet_serve.client.sync import Classifier
+
+BATCH = {"cifar10": 256, "imagenet": 32}
 
 
 def _server_ms(client, model: str) -> tuple[int, dict]:
@@ -22,14 +25,14 @@ def measure(url: str, model: str, images: list, *, batch_size: int, duration_s: 
     rows = []
     for shared_memory in (False, True):
         with Classifier(url, "grpc", model, batch_size=batch_size, shared_memory=shared_memory) as clf:
-            batch = clf.info.prepare(images[:batch_size])
-            clf._infer_once(batch, 1)  # warm-up (and shared-memory registration)
+            batch = prepare_all(clf.info, images[:batch_size])
+            clf.infer(batch, 1)  # warm-up (and shared-memory registration)
             count0, ns0 = _server_ms(clf.client, model)
             times = []
             start = time.perf_counter()
             while time.perf_counter() - start < duration_s or len(times) < 5:
                 t0 = time.perf_counter()
-                clf._infer_once(batch, 1)
+                clf.infer(batch, 1)
                 times.append(time.perf_counter() - t0)
             count1, ns1 = _server_ms(clf.client, model)
         requests = max(1, count1 - count0)
@@ -46,6 +49,19 @@ def measure(url: str, model: str, images: list, *, batch_size: int, duration_s: 
                 "server_compute_infer_ms": round((ns1["compute_infer"] - ns0["compute_infer"]) / requests / 1e6, 4),
             }
         )
+    return rows
+
+
+def run_transport(ctx, grpc_url: str) -> list[dict]:
+    """In-band vs shared memory for each model's first served classifier, batches of real images."""
+    rows = []
+    for model in ctx.suite.models:
+        network = ctx.index.network(model)
+        encoded = ctx.images(model).encoded
+        batch = BATCH[network.dataset]
+        images = [encoded[i % len(encoded)] for i in range(batch)]
+        classifier = network.engines[0].classifier
+        rows += measure(grpc_url, classifier, images, batch_size=batch, duration_s=ctx.suite.served_duration_s)
     return rows
 
 

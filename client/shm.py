@@ -1,5 +1,10 @@
-"""System shared memory for tensor inputs: the client writes the batch into a region the server maps,
-so the tensor bytes do not travel through the gRPC/HTTP request (loopback only: same host)."""
+"""System shared memory for tensor inputs: the client writes a batch into a region the server maps, so
+the tensor bytes do not travel through the gRPC/HTTP request (loopback only: same host).
+
+One region holds ``slots`` equal parts, one per request in flight (the sync client uses one, the
+asyncio client one per concurrent request). The region is registered through the sync control-plane
+client; registration is server-wide, so the asyncio client's requests use it as well.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,29 @@ import uuid
 import numpy as np
 
 
-class SharedMemoryBuffers:
-    def __init__(self, module, client, info, max_batch: int) -> None:
+class SharedMemoryPool:
+    def __init__(self, client, info, max_batch: int, slots: int = 1) -> None:
         import tritonclient.utils.shared_memory as shm
 
-        self.shm, self.module, self.client, self.info = shm, module, client, info
+        self.shm, self.client, self.info = shm, client, info
         itemsize = np.dtype(np.uint8 if info.input_datatype == "UINT8" else np.float32).itemsize
-        self.byte_size = max_batch * int(np.prod(info.input_shape)) * itemsize
+        self.slot_bytes = max_batch * int(np.prod(info.input_shape)) * itemsize
+        self.slots = slots
         self.name = f"resnet-serve-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.key = f"/{self.name}"
-        self.handle = shm.create_shared_memory_region(self.name, self.key, self.byte_size)
-        client.register_system_shared_memory(self.name, self.key, self.byte_size)
+        self.handle = shm.create_shared_memory_region(self.name, self.key, self.slot_bytes * slots)
+        try:
+            client.register_system_shared_memory(self.name, self.key, self.slot_bytes * slots)
+        except BaseException:
+            shm.destroy_shared_memory_region(self.handle)
+            raise
 
-    def input(self, batch: np.ndarray):
-        """Write ``batch`` into the region and return an InferInput that points at it."""
-        infer_input = self.module.InferInput(self.info.input_name, list(batch.shape), self.info.input_datatype)
-        self.shm.set_shared_memory_region(self.handle, [np.ascontiguousarray(batch)])
-        infer_input.set_shared_memory(self.name, batch.nbytes)
+    def input(self, module, batch: np.ndarray, slot: int = 0):
+        """Write ``batch`` into ``slot`` and return an InferInput (of ``module``) that points at it."""
+        offset = slot * self.slot_bytes
+        infer_input = module.InferInput(self.info.input_name, list(batch.shape), self.info.input_datatype)
+        self.shm.set_shared_memory_region(self.handle, [np.ascontiguousarray(batch)], offset=offset)
+        infer_input.set_shared_memory(self.name, batch.nbytes, offset=offset)
         return infer_input
 
     def close(self) -> None:

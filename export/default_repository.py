@@ -1,26 +1,25 @@
 """Build the default model repository: the committed ResNet-20 (FP32 + INT8 on ONNX Runtime and
 OpenVINO) and an ImageNet ResNet-50 (torchvision-format weights if given, else random, marked so).
 
-    python -m export.default_repository [--repository model_repository] [--resnet50-weights resnet50.pth]
+    python -m export.default_repository [--repository model_repository] [--build-dir build]
+        [--resnet20-checkpoint checkpoints/resnet20.pt] [--resnet50-weights resnet50.pth]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-from resnet_serve.export.build import ExportBuilder, ExportConfig
+from resnet_serve import cli, settings
+from resnet_serve.export.calibration import warmup_image
+from resnet_serve.export.config import ExportConfig
+from resnet_serve.export.pipeline import run_export
 from resnet_serve.export.repository import PROFILES, write_repository
-from resnet_serve.resnets.data import default_cifar_dir
-from resnet_serve.resnets.env import REPO_ROOT
+from resnet_serve.server.index import ServedNetwork
 
-log = logging.getLogger("export")
-
-RESNET20_CHECKPOINT = REPO_ROOT / "checkpoints" / "resnet20.pt"
-IMAGENET_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
+RESNET20_CHECKPOINT = Path("checkpoints") / "resnet20.pt"  # relative to the working directory (a checkout)
 
 
 def build_default_repository(
@@ -34,69 +33,82 @@ def build_default_repository(
     evaluate: bool = False,
     profile: str = "cpu",
     threads: int | None = None,
-) -> dict:
-    cifar_dir = cifar_dir or default_cifar_dir()
+) -> dict[str, ServedNetwork]:
+    cifar_dir = settings.cifar_dir(cifar_dir)
     batches = PROFILES[profile].max_batch_size  # TensorRT profiles cover the repository's largest batch
-    imagenet_dir = imagenet_dir or (IMAGENET_SAMPLE if IMAGENET_SAMPLE.is_dir() else None)
+    if imagenet_dir is None and settings.imagenet_sample_dir().is_dir():
+        imagenet_dir = settings.imagenet_sample_dir()
     written = {}
-    r20 = ExportBuilder(
-        ExportConfig(
-            checkpoint=resnet20_checkpoint,
-            out=build_dir / "resnet20",
-            calibration_data=cifar_dir,
-            engines=("onnxruntime", "openvino"),
-            precisions=("fp32", "int8"),
-            tensorrt_ready=True,
-            evaluate=evaluate,
-            threads=threads,
-            max_batch=batches["cifar10"],
-        )
+    r20 = ExportConfig(
+        checkpoint=resnet20_checkpoint,
+        out=build_dir / "resnet20",
+        calibration_data=cifar_dir,
+        engines=("onnxruntime", "openvino"),
+        precisions=("fp32", "int8"),
+        tensorrt_ready=True,
+        evaluate=evaluate,
+        threads=threads,
+        max_batch=batches["cifar10"],
     )
-    r20.run()
+    summary = run_export(r20)
     written["resnet20"] = write_repository(
-        repository, build_dir / "resnet20", profile=profile, sample_image=r20.sample_image()
+        repository, r20.out, profile=profile, sample_image=warmup_image(r20, summary.model.spec)
     )
     labels = imagenet_dir / "imagenet_class_index.json" if imagenet_dir else None
-    r50 = ExportBuilder(
-        ExportConfig(
-            checkpoint=resnet50_weights,
-            arch="resnet50",
-            random_weights=resnet50_weights is None,
-            out=build_dir / "resnet50",
-            engines=("onnxruntime", "openvino"),
-            precisions=("fp32",),
-            tensorrt_ready=profile == "gpu",
-            evaluate=False,
-            threads=threads,
-            max_batch=batches["imagenet"],
-            calibration_data=imagenet_dir if profile == "gpu" else None,
-            labels=labels if labels and labels.is_file() else None,
-        )
+    r50 = ExportConfig(
+        checkpoint=resnet50_weights,
+        arch="resnet50",
+        random_weights=resnet50_weights is None,
+        out=build_dir / "resnet50",
+        engines=("onnxruntime", "openvino"),
+        precisions=("fp32",),
+        tensorrt_ready=profile == "gpu",
+        evaluate=False,
+        threads=threads,
+        max_batch=batches["imagenet"],
+        calibration_data=imagenet_dir if profile == "gpu" else None,
+        labels=labels if labels and labels.is_file() else None,
     )
-    r50.run()
+    run_export(r50)
     sample = next(iter(sorted(imagenet_dir.glob("*.JPEG"))), None) if imagenet_dir else None
-    written["resnet50"] = write_repository(repository, build_dir / "resnet50", profile=profile, sample_image=sample)
+    written["resnet50"] = write_repository(repository, r50.out, profile=profile, sample_image=sample)
     return written
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export.default_repository", description=__doc__.split("\n\n")[0])
-    p.add_argument("--repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--build-dir", type=Path, default=Path("build"))
+    p.add_argument("--repository", type=Path, help=f"default: ${settings.REPOSITORY_ENV} or model_repository")
+    p.add_argument("--build-dir", type=Path, help=f"default: ${settings.BUILD_ENV} or build")
+    p.add_argument("--resnet20-checkpoint", type=Path, default=RESNET20_CHECKPOINT)
     p.add_argument("--resnet50-weights", type=Path, help="torchvision resnet50 state_dict (.pth); else random")
+    p.add_argument("--data-dir", type=Path, help="CIFAR-10 data (calibration); default from the data root")
     p.add_argument("--gpu", dest="profile", action="store_const", const="gpu", default="cpu")
     p.add_argument("--evaluate", action="store_true", help="also measure every engine's accuracy")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def build(args) -> int:
     written = build_default_repository(
-        args.repository,
-        args.build_dir,
+        settings.repository_dir(args.repository),
+        settings.build_dir(args.build_dir),
+        resnet20_checkpoint=args.resnet20_checkpoint,
         resnet50_weights=args.resnet50_weights,
+        cifar_dir=args.data_dir,
         evaluate=args.evaluate,
         profile=args.profile,
     )
-    print(json.dumps(written, indent=2))
+    print(
+        json.dumps(
+            {arch: {"default": n.default, "engines": [e.key for e in n.engines]} for arch, n in written.items()},
+            indent=2,
+        )
+    )
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), build, argv)
 
 
 if __name__ == "__main__":

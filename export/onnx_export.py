@@ -18,11 +18,11 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
+from resnet_serve.errors import ResnetServeError
 from resnet_serve.resnets.models import Bottleneck, ResNet, ZeroPadShortcut
 from resnet_serve.resnets.spec import INPUT_NAME, OUTPUT_NAME
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 OPSET = 18
 
 
-class ExportError(RuntimeError):
+class ExportError(ResnetServeError):
     """Export failed; the message names the stage and what to do."""
 
 
@@ -137,13 +137,3 @@ def op_counts(model: onnx.ModelProto | str | Path) -> Counter:
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     return Counter(node.op_type for node in model.graph.node)
-
-
-def torch_logits(model: nn.Module, batch: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Reference FP32 logits from PyTorch (eval mode)."""
-    model.eval()
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(batch), batch_size):
-            outs.append(model(torch.from_numpy(batch[i : i + batch_size])).numpy())
-    return np.concatenate(outs)

@@ -12,13 +12,19 @@ import logging
 import shlex
 from pathlib import Path
 
+from resnet_serve.errors import MissingToolError, ResnetServeError
+
 log = logging.getLogger(__name__)
 
 TRT_IMAGE = "nvcr.io/nvidia/tensorrt:25.10-py3"
 
 
-class TensorRTUnavailable(RuntimeError):
-    pass
+class TensorRTUnavailable(MissingToolError):
+    """TensorRT does not import here: the message gives the trtexec command to run on a GPU host."""
+
+
+class TensorRTBuildError(ResnetServeError):
+    """TensorRT imported but could not parse or build the graph; its own messages are included."""
 
 
 def shape_profile(input_name: str, input_shape: tuple[int, int, int], max_batch: int, opt_batch: int) -> dict:
@@ -99,7 +105,7 @@ def build_plan(onnx_path: Path, plan_path: Path, profile: dict, timing_cache: Pa
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT failed to parse {onnx_path}: {errors}")
+        raise TensorRTBuildError(f"TensorRT failed to parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -110,7 +116,7 @@ def build_plan(onnx_path: Path, plan_path: Path, profile: dict, timing_cache: Pa
     config.add_optimization_profile(opt)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise RuntimeError(f"TensorRT could not build {onnx_path}; see the log above")
+        raise TensorRTBuildError(f"TensorRT could not build {onnx_path}; see the log above")
     plan_path.write_bytes(bytes(plan))
     timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return plan_path

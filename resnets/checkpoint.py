@@ -7,19 +7,19 @@ A checkpoint never contains pickled code: ``torch.load(path, weights_only=True)`
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from resnet_serve.errors import ResnetServeError
 from resnet_serve.resnets.models import ResNet, arch_spec, build
 
 FORMAT = "resnet-serve-checkpoint/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ResnetServeError):
     """A checkpoint that cannot be used; the message says why and what to do."""
 
 
@@ -115,15 +115,6 @@ def load_checkpoint(path: str | Path, arch: str | None = None) -> tuple[ResNet, 
     model.load_state_dict(got)
     model.eval()
     return model, ckpt
-
-
-def file_sha256(path: str | Path) -> str:
-    """Content hash of a checkpoint, recorded by exports so stale engines can be detected."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _num_classes(state_dict: dict[str, torch.Tensor], default: int) -> int:

@@ -1,14 +1,22 @@
-"""Where a result came from: hardware, library versions and the git commit, recorded with every result."""
+"""Where a result came from: hardware, library versions and the git commit, recorded with every result.
+
+torch-free: the GPU is named by torch only if the process already imported it, else by nvidia-smi.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+import resnet_serve
+
+# the code's own folder: a checkout has git history there, an installed copy has only its version
+CODE_DIR = Path(resnet_serve.__file__).resolve().parent
 
 PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "openvino", "nncf", "nvidia-pytriton", "tritonclient", "pillow")
 
@@ -23,20 +31,33 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> list[str]:
+    """The instruction-set flags the OS reports for this CPU (empty where /proc/cpuinfo is absent)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
 def git_commit() -> str:
+    """The commit of the running code (with -dirty for local changes), or the package version outside git."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=CODE_DIR, capture_output=True, text=True, timeout=10
         )
-        commit = out.stdout.strip() or "unknown"
+        if out.returncode != 0:
+            return f"resnet-serve {resnet_serve.__version__} (not a git checkout)"
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
+            cwd=CODE_DIR,
             capture_output=True,
             text=True,
             timeout=10,
         ).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
+        return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -52,12 +73,21 @@ def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 
 
 def gpu_name() -> str | None:
-    try:
-        import torch
-
-        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except Exception:  # noqa: BLE001 - a broken CUDA setup simply means "no GPU" here
-        return None
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        except RuntimeError:  # a broken CUDA setup means "no usable GPU" here
+            return None
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+            )
+            return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return None
 
 
 def environment() -> dict:
@@ -65,6 +95,7 @@ def environment() -> dict:
     return {
         "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "gpu": gpu_name(),
         "platform": platform.platform(),
         "versions": versions(),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from resnet_serve.errors import ResnetServeError
 from resnet_serve.resnets.spec import CIFAR10, IMAGENET, DatasetSpec
 
 
@@ -283,7 +284,11 @@ for _depth, _block, _layers in (
     )
 
 
-class UnknownArchError(KeyError):
+class ArchitectureError(ResnetServeError):
+    """An architecture name or option that does not exist; the message lists what does."""
+
+
+class UnknownArchError(ArchitectureError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
 
@@ -310,9 +315,9 @@ def build(name: str, num_classes: int | None = None, **kwargs) -> ResNet:
     spec = arch_spec(name)
     shortcut = kwargs.pop("shortcut", spec.shortcut)
     if spec.shortcut == "none" and shortcut != "none":
-        raise ValueError(f"{name} is a plain net; it takes no shortcut option")
+        raise ArchitectureError(f"{name} is a plain net; it takes no shortcut option")
     if spec.stem == "imagenet" and shortcut != "B":
-        raise ValueError(f"{name} uses projection shortcuts (option B) only, got shortcut={shortcut!r}")
+        raise ArchitectureError(f"{name} uses projection shortcuts (option B) only, got shortcut={shortcut!r}")
     unknown = set(kwargs) - {"zero_init_residual"}
     if unknown:
         raise TypeError(f"build({name!r}) got unexpected options: {', '.join(sorted(unknown))}")

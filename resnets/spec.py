@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from resnet_serve.errors import ResnetServeError
 
 # Tensor names of every exported model and of the Triton models built from them.
 INPUT_NAME = "input"
@@ -39,10 +42,16 @@ MIN_IMAGE_SIDE = 8  # smaller images carry no usable content for a 32x32 (or lar
 
 
 ImageLike = Image.Image | bytes | np.ndarray  # encoded file bytes, a PIL image, or uint8 HWC pixels
+# the model contract as Triton config parameters (DatasetSpec.as_parameters)
+CONTRACT_PARAMETERS = ("dataset", "num_classes", "image_size", "resize_size", "mean", "std")
 
 
-class ImageError(ValueError):
+class ImageError(ResnetServeError):
     """An input image that cannot be used; the message says what is wrong with it."""
+
+
+class ContractError(ResnetServeError):
+    """Model facts (classes, labels, preprocessing) that are missing or do not fit together."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,42 @@ class DatasetSpec:
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
 
+    def as_parameters(self) -> dict[str, str]:
+        """These facts as Triton config parameters (string values); ``from_parameters`` reads them back."""
+        return {
+            "dataset": self.name,
+            "num_classes": str(self.num_classes),
+            "image_size": str(self.image_size),
+            "resize_size": str(self.resize_size),
+            "mean": ",".join(repr(float(v)) for v in self.mean),
+            "std": ",".join(repr(float(v)) for v in self.std),
+        }
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str], source: str = "model") -> DatasetSpec:
+        """The inverse of ``as_parameters``; a missing or malformed entry is a ContractError naming it."""
+        missing = [key for key in CONTRACT_PARAMETERS if key not in params]
+        if missing:
+            raise ContractError(
+                f"{source} does not state {', '.join(missing)} in its parameters; it was not written by "
+                "resnet-serve's repository writer (send encoded images to an ensemble instead)"
+            )
+        try:
+            mean, std = (tuple(float(v) for v in params[key].split(",")) for key in ("mean", "std"))
+            spec = cls(
+                name=params["dataset"],
+                num_classes=int(params["num_classes"]),
+                mean=mean,
+                std=std,
+                image_size=int(params["image_size"]),
+                resize_size=int(params["resize_size"]),
+            )
+        except ValueError as exc:
+            raise ContractError(f"{source} has a malformed preprocessing parameter ({exc})") from None
+        if len(spec.mean) != 3 or len(spec.std) != 3 or min(spec.std) <= 0:
+            raise ContractError(f"{source}: mean and std need 3 values each, std above 0; got {spec.mean}, {spec.std}")
+        return spec
+
     def labels(self, class_index: str | Path | None = None) -> list[str]:
         """Label names by class index.
 
@@ -74,7 +119,7 @@ class DatasetSpec:
         table = json.loads(Path(class_index).read_text())
         names = [table[str(i)][1] for i in range(len(table))]
         if len(names) != self.num_classes:
-            raise ValueError(f"{class_index} has {len(names)} classes, expected {self.num_classes} for {self.name}")
+            raise ContractError(f"{class_index} has {len(names)} classes, expected {self.num_classes} for {self.name}")
         return names
 
 

@@ -28,24 +28,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnet_serve.resnets.checkpoint import CheckpointError, save_checkpoint
+from resnet_serve import cli, settings
+from resnet_serve.errors import ResnetServeError
+from resnet_serve.resnets.checkpoint import save_checkpoint
 from resnet_serve.resnets.console import progress
-from resnet_serve.resnets.data import (
-    DataLayoutError,
-    Normalizer,
-    TensorBatches,
-    default_cifar_dir,
-    load_cifar10,
-    to_tensor_nchw,
-)
-from resnet_serve.resnets.env import REPO_ROOT, environment
+from resnet_serve.resnets.data import load_cifar10
+from resnet_serve.resnets.env import environment
 from resnet_serve.resnets.evaluate import evaluate_model
-from resnet_serve.resnets.models import UnknownArchError, arch_spec, build
-from resnet_serve.resnets.spec import ImageError
+from resnet_serve.resnets.models import arch_spec, build
+from resnet_serve.resnets.tensors import Normalizer, TensorBatches, to_tensor_nchw
 
-log = logging.getLogger("resnets.train")
+log = logging.getLogger(__name__)
 
 PAPER_ITERATIONS = 64_000
+
+
+class TrainError(ResnetServeError):
+    """A run that cannot start or resume as asked (wrong kind of network, a resume with another recipe)."""
 
 
 @dataclass
@@ -101,7 +100,7 @@ def learning_rate(recipe: Recipe, iteration: int, total_iters: int, warmup_iters
     return recipe.lr * (0.1**drops)
 
 
-def parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m resnets.train", description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="resnet20", help="a CIFAR architecture from resnets.available()")
     p.add_argument("--shortcut", choices=("A", "B"), help="shortcut option (default: the architecture's, A)")
@@ -110,8 +109,8 @@ def parse_args(argv):
         "--data-dir",
         type=Path,
         default=None,
-        help="CIFAR-10 data (ImageFolder tree or official pickles); default: "
-        "$RESNET_SERVE_CIFAR_DIR, ../shared/data/cifar-10-jpg or data/cifar-10",
+        help="CIFAR-10 data (ImageFolder tree or official pickles); default: cifar-10-jpg (else cifar-10) "
+        f"under ${settings.DATA_ENV}, ../shared/data or data",
     )
     p.add_argument("--download", action="store_true", help="download the official CIFAR-10 into --data-dir")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -136,7 +135,7 @@ def parse_args(argv):
         help="resume a run with a different --epochs: the lr schedule follows the new length from the "
         "next epoch on (recorded in the log and the model card)",
     )
-    return p.parse_args(argv)
+    return p
 
 
 def recipe_from_args(args) -> Recipe:
@@ -156,20 +155,14 @@ def recipe_from_args(args) -> Recipe:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return train(args)
-    except (UnknownArchError, DataLayoutError, CheckpointError, ImageError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+    return cli.run(build_parser(), train, argv)
 
 
 def train(args) -> int:
     recipe = recipe_from_args(args)
     spec = arch_spec(recipe.arch)
     if spec.dataset.name != "cifar10":
-        raise ValueError(
+        raise TrainError(
             f"{recipe.arch} is an ImageNet architecture; this trainer implements the paper's "
             "CIFAR-10 recipe (use a CIFAR net: resnet20..resnet1202, plain20..plain56)"
         )
@@ -178,7 +171,7 @@ def train(args) -> int:
     device = torch.device(args.device)
     out = args.out or Path("runs") / recipe.arch
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = args.data_dir or default_cifar_dir()
+    data_dir = settings.cifar_dir(args.data_dir)
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
     env = environment()  # at the start: the commit of the code that trains
@@ -220,13 +213,13 @@ def train(args) -> int:
         changes = state.get("schedule_changes", [])
         if saved != _jsonable(asdict(recipe)):
             if not (args.reschedule and {**saved, "epochs": recipe.epochs} == _jsonable(asdict(recipe))):
-                raise ValueError(
+                raise TrainError(
                     f"{state_path} was written with another recipe ({_recipe_diff(saved, asdict(recipe))}); "
                     "use --no-resume or another --out"
                     + ("" if args.reschedule else ", or --reschedule when only --epochs differs")
                 )
             if state["epoch"] >= epochs:
-                raise ValueError(f"{state_path} has already trained {state['epoch']} epochs; --epochs must be more")
+                raise TrainError(f"{state_path} has already trained {state['epoch']} epochs; --epochs must be more")
             changes = changes + [{"at_epoch": state["epoch"], "from_epochs": saved["epochs"], "to_epochs": epochs}]
             log.info(
                 "rescheduling %s at epoch %d: %s -> %d epochs", state_path, state["epoch"], saved["epochs"], epochs
@@ -406,10 +399,10 @@ def _recipe_diff(saved: dict, wanted: dict) -> str:
 
 
 def _display_path(path: Path) -> str:
-    """Relative to the repository when inside or beside it, so model cards read the same everywhere."""
+    """Relative to the working directory (the checkout, when run from it), so model cards read the same everywhere."""
     try:
-        return os.path.relpath(Path(path).resolve(), REPO_ROOT)
-    except ValueError:
+        return os.path.relpath(Path(path).resolve())
+    except ValueError:  # another drive on Windows
         return str(path)
 
 

@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from resnet_serve.benchmarks import run as benchmark
+from resnet_serve import cli, settings
+from resnet_serve.benchmarks import cli as benchmark
 from resnet_serve.client import Classifier
-from resnet_serve.client.__main__ import print_table
-from resnet_serve.export.default_repository import IMAGENET_SAMPLE, build_default_repository
-from resnet_serve.resnets.data import DataLayoutError, default_cifar_dir, download_cifar10, load_cifar10
-from resnet_serve.resnets.env import REPO_ROOT
+from resnet_serve.client.cli import print_table
+from resnet_serve.export.default_repository import build_default_repository
+from resnet_serve.resnets.data import DataLayoutError, download_cifar10, load_cifar10
 from resnet_serve.server import running
 
 log = logging.getLogger("main")
@@ -29,9 +29,8 @@ def port_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def cifar_data() -> Path:
+def cifar_data(directory: Path) -> Path:
     """The CIFAR-10 data to use; downloads the official release (md5-checked) when none is found."""
-    directory = default_cifar_dir()
     try:
         load_cifar10(directory, "test")
     except DataLayoutError:
@@ -47,34 +46,35 @@ def sample_images(cifar_dir: Path) -> tuple[list, list[Path]]:
     else:
         test = load_cifar10(cifar_dir, "test")
         cifar = [test.images[list(test.labels).index(c)] for c in range(10)]
-    imagenet = sorted(IMAGENET_SAMPLE.glob("*.JPEG"))[:3] if IMAGENET_SAMPLE.is_dir() else []
+    imagenet_dir = settings.imagenet_sample_dir()
+    imagenet = sorted(imagenet_dir.glob("*.JPEG"))[:3] if imagenet_dir.is_dir() else []
     return cifar, imagenet
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
-    p.add_argument("--build-dir", type=Path, default=REPO_ROOT / "build")
+    p.add_argument("--repository", type=Path, help=f"default: ${settings.REPOSITORY_ENV} or model_repository")
+    p.add_argument("--build-dir", type=Path, help=f"default: ${settings.BUILD_ENV} or build")
     p.add_argument("--skip-export", action="store_true", help="serve the repository as it is")
     p.add_argument("--skip-benchmark", action="store_true")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "quick")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("server", "nncf", "export", "export.calibration", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    start = time.perf_counter()
+    p.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "quick")
+    return p
 
-    cifar_dir = cifar_data()
+
+def run(args) -> int:
+    start = time.perf_counter()
+    repository, build_dir = settings.repository_dir(args.repository), settings.build_dir(args.build_dir)
+    cifar_dir = cifar_data(settings.cifar_dir())
     if not args.skip_export:
         log.info(
             "1/4 exporting checkpoints/resnet20.pt (ONNX Runtime + OpenVINO, FP32 + INT8) and a random-weight "
             "ImageNet ResNet-50 into %s",
-            args.repository,
+            repository,
         )
-        build_default_repository(args.repository, args.build_dir, cifar_dir=cifar_dir)
+        build_default_repository(repository, build_dir, cifar_dir=cifar_dir)
     ports = (8000, 8001, 8002) if all(port_free(p) for p in (8000, 8001, 8002)) else (0, 0, 0)
-    log.info("2/4 starting the Triton Inference Server on %s", args.repository)
-    with running(args.repository, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2]) as server:
+    log.info("2/4 starting the Triton Inference Server on %s", repository)
+    with running(repository, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2]) as server:
         log.info("Triton is ready: HTTP %s, gRPC %s, metrics %s", server.http_url, server.grpc_url, server.metrics_url)
         cifar, imagenet = sample_images(cifar_dir)
         log.info("3/4 classifying sample images over gRPC")
@@ -92,27 +92,18 @@ def main(argv=None) -> int:
         if not args.skip_benchmark:
             log.info("4/4 quick benchmark (offline engines, served load, accuracy) -> %s", args.out)
             code = benchmark.main(
-                [
-                    "--suite",
-                    "quick",
-                    "--url",
-                    server.grpc_url,
-                    "--http-url",
-                    server.http_url,
-                    "--repository",
-                    str(args.repository),
-                    "--build-dir",
-                    str(args.build_dir),
-                    "--data-dir",
-                    str(cifar_dir),
-                    "--out",
-                    str(args.out),
-                ]
+                ["--suite", "quick", "--url", server.grpc_url, "--http-url", server.http_url]
+                + ["--repository", str(repository), "--build-dir", str(build_dir)]
+                + ["--data-dir", str(cifar_dir), "--out", str(args.out)]
             )
             if code:
                 return code
     log.info("done in %.0f s; report: %s", time.perf_counter() - start, args.out / "report.md")
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), run, argv, quiet=("resnet_serve.server", "resnet_serve.export"))
 
 
 if __name__ == "__main__":

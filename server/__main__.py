@@ -1,79 +1,8 @@
-"""python -m server [--model-repository model_repository] [--host 127.0.0.1] [--http-port 8000] ...
+"""``python -m server`` (in a checkout) and ``python -m resnet_serve.server``: see ``server/cli.py``."""
 
-Starts the Triton Inference Server binary from the nvidia-pytriton wheel on a model repository,
-waits until it is ready, streams its log, and shuts it down cleanly on Ctrl-C / SIGTERM. Exits
-non-zero with Triton's own message when the server cannot start (for example a model that fails
-to load).
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
-import signal
 import sys
-import threading
-from pathlib import Path
 
-from resnet_serve.server.triton import ServerConfig, ServerError, TritonServer
-
-log = logging.getLogger("server")
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m server", description=__doc__.split("\n\n")[1].replace("\n", " "))
-    p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--http-port", type=int, default=8000, help="0 picks a free port")
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--log-verbose", type=int, default=0)
-    p.add_argument("--model-control-mode", choices=("none", "explicit"), default="none")
-    p.add_argument("--load-model", action="append", default=[], help="with explicit mode: a model to load at start")
-    p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for readiness")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = TritonServer(
-        ServerConfig(
-            model_repository=args.model_repository,
-            host=args.host,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
-            log_verbose=args.log_verbose,
-            model_control_mode=args.model_control_mode,
-            load_models=tuple(args.load_model),
-            startup_timeout_s=args.startup_timeout,
-        )
-    )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        server.start()
-    except ServerError as exc:
-        log.error("%s", exc)
-        return 1
-    print(
-        f"Triton is serving {args.model_repository}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
-        f"metrics {server.metrics_url} (Ctrl-C stops it)",
-        flush=True,
-    )
-    while not stop.wait(0.5):
-        if server.process is None or server.process.poll() is not None:
-            code = server.process.returncode if server.process else None
-            log.error("Triton exited unexpectedly with code %s", code)
-            server.stop()
-            return 1
-    log.info("shutting down")
-    code = server.stop()
-    log.info("Triton stopped (exit code %s)", code)
-    return 0
-
+from resnet_serve.server.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

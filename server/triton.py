@@ -31,13 +31,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger("server")
+from resnet_serve.errors import ExitCode, ResnetServeError
+
+log = logging.getLogger(__name__)
 
 READY_PATH = "/v2/health/ready"
 
 
-class ServerError(RuntimeError):
+class ServerError(ResnetServeError):
     """The server could not start or stopped unexpectedly; the message carries Triton's own words."""
+
+    exit_code = ExitCode.FAILED
 
 
 @dataclass(frozen=True)

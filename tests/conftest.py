@@ -8,12 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnet_serve import settings
+
 # Triton-lang kernels (the GPU engine) run in Triton's interpreter where there is no CUDA GPU.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("RESNET_SERVE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+# the one data-root setting, pinned for this session (and the commands tests start) wherever pytest runs from
+if (REPO_ROOT.parent / "shared" / "data").is_dir():
+    os.environ.setdefault(settings.DATA_ENV, str(REPO_ROOT.parent / "shared" / "data"))
+SHARED_DATA = settings.data_root()
 CIFAR_JPG = SHARED_DATA / "cifar-10-jpg"
 CIFAR_EXACT = SHARED_DATA / "cifar-10-exact-subset"
 IMAGENET_SAMPLE = SHARED_DATA / "imagenet-sample"
@@ -24,7 +29,7 @@ def _require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(
             f"{path} is absent (the shared data set lives in ../shared/data beside the checkout; "
-            "set RESNET_SERVE_SHARED_DATA to point elsewhere)"
+            f"set {settings.DATA_ENV} to point elsewhere)"
         )
     return path
 

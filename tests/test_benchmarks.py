@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from resnet_serve.benchmarks import cli as bench
 from resnet_serve.benchmarks import gate
-from resnet_serve.benchmarks import run as bench
-from resnet_serve.export.build import ExportBuilder, ExportConfig
+from resnet_serve.benchmarks.inputs import cifar_test_split
+from resnet_serve.export.config import ExportConfig
+from resnet_serve.export.pipeline import run_export
+from resnet_serve.export.summary import ExportSummary, ModelRecord, file_sha256, stale_export
 from resnet_serve.resnets.checkpoint import load_checkpoint, save_checkpoint
+from resnet_serve.resnets.spec import CIFAR10
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASELINES = REPO_ROOT / "benchmarks" / "baselines.json"
@@ -113,7 +117,7 @@ def test_gate_logic():
 def test_gate_fails_on_a_degraded_model_and_passes_on_the_real_one(resnet20_checkpoint, cifar_jpg, tmp_path, caplog):
     def accuracy_run(checkpoint: Path, name: str) -> tuple[int, dict]:
         build = tmp_path / name / "build"
-        ExportBuilder(
+        run_export(
             ExportConfig(
                 checkpoint=checkpoint,
                 out=build / "resnet20",
@@ -122,7 +126,7 @@ def test_gate_fails_on_a_degraded_model_and_passes_on_the_real_one(resnet20_chec
                 tensorrt_ready=False,
                 evaluate=False,
             )
-        ).run()
+        )
         out = tmp_path / name / "out"
         code = bench.main(
             [
@@ -163,9 +167,12 @@ def test_gate_fails_on_a_degraded_model_and_passes_on_the_real_one(resnet20_chec
     assert "accuracy regression: resnet20/onnxruntime/fp32" in caplog.text
 
 
-def test_bad_benchmark_arguments(tmp_path):
-    with pytest.raises(SystemExit, match="unknown engine"):
-        bench.main(["--engines", "tensorflow", "--out", str(tmp_path)])
+def test_bad_benchmark_arguments(tmp_path, caplog):
+    assert bench.main(["--engines", "tensorflow", "--out", str(tmp_path)]) == 2
+    assert "unknown engine(s) tensorflow; choose from pytorch, onnxruntime, openvino, gpu" in caplog.text
+    with pytest.raises(SystemExit) as exit_info:  # argparse: a usage error exits 2
+        bench.main(["--batch-sizes", "1,x"])
+    assert exit_info.value.code == 2
 
 
 def test_run_py_is_a_script():
@@ -190,25 +197,22 @@ def test_test_set_from_the_official_batches_is_lossless(tmp_path, cifar_exact):
     from resnet_serve.resnets.spec import CIFAR10, preprocess_pixels
 
     _, test, labels = write_official_batches(tmp_path / "cifar-10-batches-py", cifar_exact, n=50)
-    benchmark = bench.Benchmark(bench.parse_args(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]))
-    encoded, got_labels, classes, _ = benchmark.test_set()
-    assert list(got_labels) == list(labels) and len(classes) == 10
+    images = cifar_test_split(tmp_path, CIFAR10)
+    assert list(images.labels) == list(labels) and len(images.classes) == 10
     # what the server decodes is exactly the official pixels
-    assert all(np.array_equal(preprocess_pixels(b, CIFAR10), image) for b, image in zip(encoded, test, strict=True))
+    assert all(
+        np.array_equal(preprocess_pixels(b, CIFAR10), image) for b, image in zip(images.encoded, test, strict=True)
+    )
 
 
 def test_engines_exported_from_an_older_checkpoint_are_rebuilt(tmp_path):
-    from resnet_serve.resnets.checkpoint import file_sha256
-
     checkpoint = tmp_path / "resnet20.pt"
     checkpoint.write_bytes(b"weights v1")
-    summary = tmp_path / "export.json"
-    assert bench.stale_export(summary) == "no exported engines"
-    summary.write_text(
-        json.dumps({"model": {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint)}})
-    )
-    assert bench.stale_export(summary) is None
+    assert stale_export(tmp_path) == "no exported engines"
+    record = ModelRecord("resnet20", "trained", str(checkpoint), file_sha256(checkpoint), CIFAR10.as_parameters())
+    ExportSummary(model=record, out=tmp_path).save()
+    assert stale_export(tmp_path) is None
     checkpoint.write_bytes(b"weights v2")  # retrained: the engines no longer run these weights
-    assert bench.stale_export(summary) == f"{checkpoint} changed since the engines were exported"
+    assert stale_export(tmp_path) == f"{checkpoint} changed since the engines were exported"
     checkpoint.unlink()
-    assert "is gone" in bench.stale_export(summary)
+    assert "is gone" in stale_export(tmp_path)

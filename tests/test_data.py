@@ -8,16 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_serve.resnets.data import (
-    DataLayoutError,
-    ImageFolderDataset,
-    download_cifar10,
-    load_cifar10,
-    load_image_folder_arrays,
-    random_crop_flip,
-    to_tensor_nchw,
-)
+from resnet_serve.resnets.data import DataLayoutError, download_cifar10, load_cifar10, load_image_folder_arrays
 from resnet_serve.resnets.spec import CIFAR10, CIFAR10_CLASSES, IMAGENET, ImageError
+from resnet_serve.resnets.tensors import ImageFolderDataset, random_crop_flip, to_tensor_nchw
 
 
 def test_shared_jpeg_tree_loads_in_official_order(cifar_jpg, cifar_exact, cifar_test_set):

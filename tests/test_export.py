@@ -15,10 +15,13 @@ from resnet_serve import resnets
 from resnet_serve.engines import EngineError, load_engine
 from resnet_serve.engines.onnxruntime import OnnxRuntimeEngine
 from resnet_serve.export import __main__ as export_cli
-from resnet_serve.export.build import ExportBuilder, ExportConfig
+from resnet_serve.export.config import ExportConfig
 from resnet_serve.export.fusion import onnx_graph_counts, source_graph
-from resnet_serve.export.onnx_export import export_onnx, fold_conv_bn, prepare_for_export, zero_pad_as_conv
+from resnet_serve.export.onnx_export import OPSET, export_onnx, fold_conv_bn, prepare_for_export, zero_pad_as_conv
+from resnet_serve.export.pipeline import run_export
+from resnet_serve.resnets.checkpoint import load_checkpoint
 from resnet_serve.resnets.models import ZeroPadShortcut
+from resnet_serve.resnets.spec import CIFAR10, normalize
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -66,7 +69,7 @@ def test_ort_fp32_folds_bn_and_fuses_every_residual_add_with_its_relu(tmp_path, 
     spec = resnets.arch_spec(arch).dataset
     path = export_onnx(prepare_for_export(model), tmp_path / "model.onnx", spec.input_shape)
     exported = onnx.load(str(path))
-    assert exported.opset_import[0].version >= 17
+    assert exported.opset_import[0].version == OPSET == 18
     assert exported.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     optimized = tmp_path / "optimized.onnx"
     engine = OnnxRuntimeEngine(path, threads=2, optimized_model_path=optimized)
@@ -115,33 +118,47 @@ def exported_resnet20(tmp_path_factory, resnet20_checkpoint, cifar_jpg):
         eval_data=cifar_jpg,
         threads=2,
     )
-    return ExportBuilder(config).run()
+    return run_export(config)
 
 
-def test_ort_fp32_parity_with_pytorch_on_the_whole_test_split(exported_resnet20):
-    parity = exported_resnet20["parity"]["onnxruntime-fp32"]
-    assert exported_resnet20["accuracy"]["n"] == 10_000
-    assert parity["max_abs_logit_diff"] <= 1e-4
-    assert parity["top1_agreement_pct"] == 100.0
-    results = exported_resnet20["accuracy"]["results"]
-    assert results["onnxruntime-fp32"]["top1"] == results["pytorch-fp32"]["top1"]
-    assert exported_resnet20["parity"]["openvino-fp32"]["max_abs_logit_diff"] <= 1e-3
+@pytest.mark.slow
+def test_ort_fp32_parity_with_pytorch_on_the_whole_test_split(exported_resnet20, resnet20_checkpoint, cifar_test_set):
+    """Checked here, not read from the export's own report: PyTorch and the exported engine, same images."""
+    model, _ = load_checkpoint(resnet20_checkpoint)
+    images = normalize(cifar_test_set.images, CIFAR10)
+    with torch.no_grad():
+        reference = np.concatenate(
+            [model(torch.from_numpy(images[i : i + 1000])).numpy() for i in range(0, 10_000, 1000)]
+        )
+    engine = load_engine(exported_resnet20.artifact("onnxruntime-fp32").path, threads=2)
+    logits = engine.infer_all(images)
+    assert np.abs(logits - reference).max() <= 1e-4
+    assert np.array_equal(logits.argmax(1), reference.argmax(1))
+    # the export's own report says the same
+    results = exported_resnet20.accuracy["results"]
+    assert exported_resnet20.accuracy["n"] == 10_000
+    assert (
+        results["onnxruntime-fp32"]["top1"]
+        == results["pytorch-fp32"]["top1"]
+        == round(100.0 * float((reference.argmax(1) == cifar_test_set.labels).mean()), 2)
+    )
+    assert exported_resnet20.parity["openvino-fp32"]["max_abs_logit_diff"] <= 1e-3
 
 
 def test_int8_engines_within_half_a_point_of_fp32(exported_resnet20):
-    results = exported_resnet20["accuracy"]["results"]
+    results = exported_resnet20.accuracy["results"]
     fp32 = results["pytorch-fp32"]["top1"]
     for name in ("onnxruntime-int8", "openvino-int8"):
         assert results[name]["precision"] == "int8"
         assert abs(results[name]["top1"] - fp32) <= 0.5, (name, results[name])
     # the kept calibration method is the one with the best held-out (training image) agreement
-    calibration = next(a for a in exported_resnet20["artifacts"] if a["name"] == "onnxruntime-int8")["calibration"]
+    calibration = exported_resnet20.artifact("onnxruntime-int8").details["calibration"]
     best = max(calibration["candidates"], key=lambda m: calibration["candidates"][m]["held_out_agreement"])
     assert calibration["method"] == best
 
 
 def test_fusion_report_of_every_engine(exported_resnet20):
-    rows = {row["graph"].split(" (")[0]: row for row in exported_resnet20["fusion"]}
+    rows = {row["graph"].split(" (")[0]: row for row in exported_resnet20.fusion}
     fp32 = rows["onnxruntime-fp32"]
     assert fp32["batchnorm"] == 0 and fp32["all_residual_adds_fused"] and fp32["conv_add_relu_fused"] == 9
     int8 = rows["onnxruntime-int8"]
@@ -154,21 +171,21 @@ def test_fusion_report_of_every_engine(exported_resnet20):
 
 
 def test_tensorrt_ready_graphs(exported_resnet20):
-    results = exported_resnet20["accuracy"]["results"]
+    results = exported_resnet20.accuracy["results"]
     fp32 = results["pytorch-fp32"]["top1"]
     for name in ("tensorrt-ready-fp16 (on onnxruntime)", "tensorrt-ready-int8 (on onnxruntime)"):
         assert abs(results[name]["top1"] - fp32) <= 0.5, (name, results[name])
-    qdq = exported_resnet20["tensorrt"]["int8_qdq"]
+    qdq = exported_resnet20.tensorrt["int8_qdq"]
     assert qdq["all_zero_points_zero"] and qdq["activation_dtype"] == "int8"
     assert qdq["per_channel_conv_weights"] == qdq["convs"] == 21
     assert qdq["residual_adds_with_qdq_inputs"] == qdq["residual_adds"] == 9
-    recipe = json.loads(open(exported_resnet20["tensorrt"]["recipe"]).read())
+    recipe = json.loads(open(exported_resnet20.tensorrt["recipe"]).read())
     assert "--stronglyTyped" in recipe["commands"]["int8"]
     assert recipe["profile"]["max"] == "input:256x3x32x32"
 
 
 def test_engine_api(exported_resnet20):
-    directory = next(a["path"] for a in exported_resnet20["artifacts"] if a["name"] == "openvino-int8")
+    directory = exported_resnet20.artifact("openvino-int8").path
     engine = load_engine(directory, threads=1)
     info = engine.info()
     assert info["engine"] == "openvino" and info["precision"] == "int8" and info["threads"] == 1

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from resnet_serve import resnets
-from resnet_serve.resnets.models import ZeroPadShortcut, arch_spec
+from resnet_serve.resnets.models import ArchitectureError, ZeroPadShortcut, arch_spec
 
 
 @pytest.mark.parametrize("name", resnets.available())
@@ -136,9 +136,9 @@ def test_unknown_arch_lists_available_ones():
 
 
 def test_bad_build_options_are_explained():
-    with pytest.raises(ValueError, match="plain net"):
+    with pytest.raises(ArchitectureError, match="plain net"):
         resnets.build("plain20", shortcut="A")
-    with pytest.raises(ValueError, match="option B"):
+    with pytest.raises(ArchitectureError, match="option B"):
         resnets.build("resnet50", shortcut="A")
     with pytest.raises(TypeError, match="unexpected options: widthh"):
         resnets.build("resnet20", widthh=2)

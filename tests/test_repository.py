@@ -68,8 +68,8 @@ def test_cpu_repository_configs(default_repository):
 
 def test_gpu_profile_uses_kind_gpu_and_writes_tensorrt_models(default_repository, tmp_path):
     written = write_repository(tmp_path / "gpu", default_repository / "build" / "resnet20", profile="gpu")
-    assert written["default"]["engine"] == "tensorrt-int8"
-    assert "resnet20_openvino_fp32_classifier" not in written["classifiers"]  # CPU-only engine
+    assert written.default == "tensorrt-int8"
+    assert "openvino-fp32" not in [e.key for e in written.engines]  # CPU-only engine
     ort = parse_config(tmp_path / "gpu" / "resnet20_onnxruntime_fp32_classifier" / "config.pbtxt")
     assert ort.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     trt = parse_config(tmp_path / "gpu" / "resnet20_tensorrt_int8_classifier" / "config.pbtxt")

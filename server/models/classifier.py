@@ -1,7 +1,8 @@
 """Triton Python-backend classifier: a batch of preprocessed images -> logits, through ``engines.load_engine``.
 
-Reads everything from the model configuration: input/output names and dtypes, and the parameters
-``engine_dir`` (relative to the version directory) and ``threads``. With dynamic batching Triton
+Reads everything from the model configuration: input/output names and dtypes, the parameters
+``engine_dir`` (relative to the version directory) and ``threads``, and the model contract (mean/std
+for a uint8 input, normalised here). With dynamic batching Triton
 hands ``execute`` several requests at once; they run as one engine call and are split back, one
 response per request.
 """
@@ -15,20 +16,18 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from resnet_serve.engines import load_engine
-from resnet_serve.resnets.spec import DATASETS, normalize
-
-
-def _parameter(config: dict, name: str, default: str | None = None) -> str | None:
-    return config.get("parameters", {}).get(name, {}).get("string_value", default)
+from resnet_serve.resnets.spec import DatasetSpec, normalize
+from resnet_serve.server.models import parameters
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        threads = _parameter(config, "threads")
+        params = parameters(config)
+        threads = params.get("threads")
         self.engine = load_engine(
-            version_dir / _parameter(config, "engine_dir", "engine"), threads=int(threads) if threads else None
+            version_dir / params.get("engine_dir", "engine"), threads=int(threads) if threads else None
         )
         info = self.engine.info()
         self.input_name = config["input"][0]["name"]
@@ -36,7 +35,7 @@ class TritonPythonModel:
         self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
         self.input_dtype = pb_utils.triton_string_to_numpy(config["input"][0]["data_type"])
         # uint8 input: HWC pixels of the training crop, normalised here (a quarter of the bytes of float32)
-        self.spec = DATASETS[info["dataset"]] if self.input_dtype == np.uint8 else None
+        self.spec = DatasetSpec.from_parameters(params, args["model_name"]) if self.input_dtype == np.uint8 else None
         self.logger = pb_utils.Logger
         self.logger.log_info(
             f"{args['model_name']}: {info['engine']} {info['precision']} "

@@ -2,7 +2,8 @@
 
 Input: BYTES ``image`` [batch, 1] holding encoded files (JPEG, PNG, WebP, BMP, TIFF; any mode).
 Output: the training preprocessing from ``resnets.spec`` (resize shorter side, center crop,
-normalise) as float32 CHW, or uint8 HWC pixels when the output is configured as UINT8. A request
+normalise) as float32 CHW, or uint8 HWC pixels when the output is configured as UINT8; sizes and
+mean/std come from the model contract in the configuration's parameters. A request
 whose image cannot be used fails alone, with the reason; the other requests of the batch succeed.
 """
 
@@ -13,14 +14,14 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from resnet_serve.resnets.spec import DATASETS, ImageError, normalize, preprocess_pixels
+from resnet_serve.resnets.spec import DatasetSpec, ImageError, normalize, preprocess_pixels
+from resnet_serve.server.models import parameters
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        dataset = config["parameters"]["dataset"]["string_value"]
-        self.spec = DATASETS[dataset]
+        self.spec = DatasetSpec.from_parameters(parameters(config), args["model_name"])
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         self.uint8 = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"]) == np.uint8

@@ -1,0 +1,108 @@
+"""The model repository's index: which models exist for which network, and the one place their names
+are made. The repository writer (``resnet_serve.export.repository``) writes ``index.json`` beside the
+models; the benchmarks and tests read it instead of parsing model names back apart. Triton ignores
+files at the top of a repository, so the index travels with the models it describes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from resnet_serve.errors import ResnetServeError
+
+INDEX_FILE = "index.json"
+FORMAT = "resnet-serve-repository-index/1"
+
+
+class RepositoryIndexError(ResnetServeError):
+    """A repository without an index, or an index that does not list what was asked for."""
+
+
+def engine_key(engine: str, precision: str) -> str:
+    """How an engine build is named everywhere ("openvino-int8")."""
+    return f"{engine}-{precision}"
+
+
+def preprocess_model(dataset: str) -> str:
+    return f"preprocess_{dataset}"
+
+
+def ensemble_model(arch: str, engine: str, precision: str) -> str:
+    return f"{arch}_{engine}_{precision}"
+
+
+def classifier_model(arch: str, engine: str, precision: str) -> str:
+    return f"{ensemble_model(arch, engine, precision)}_classifier"
+
+
+@dataclass
+class ServedEngine:
+    """One engine build served for a network: its ensemble (image bytes in) and its classifier (tensors in)."""
+
+    engine: str
+    precision: str
+    ensemble: str
+    classifier: str
+
+    @property
+    def key(self) -> str:
+        return engine_key(self.engine, self.precision)
+
+
+@dataclass
+class ServedNetwork:
+    arch: str
+    dataset: str
+    preprocess: str
+    engines: list[ServedEngine] = field(default_factory=list)
+    default: str | None = None  # the engine key behind the plain <arch> ensemble
+    default_model: str | None = None  # that ensemble's name (= arch)
+    profile: str = "cpu"
+
+    def engine(self, key: str) -> ServedEngine:
+        for served in self.engines:
+            if served.key == key:
+                return served
+        raise RepositoryIndexError(
+            f"{self.arch} has no served {key} engine; it has {', '.join(e.key for e in self.engines)}"
+        )
+
+    @property
+    def default_engine(self) -> ServedEngine:
+        if self.default is None:
+            raise RepositoryIndexError(f"{self.arch} has no default engine in the repository index")
+        return self.engine(self.default)
+
+
+@dataclass
+class RepositoryIndex:
+    networks: dict[str, ServedNetwork] = field(default_factory=dict)
+
+    def network(self, arch: str) -> ServedNetwork:
+        if arch not in self.networks:
+            served = ", ".join(self.networks) or "none"
+            raise RepositoryIndexError(f"the model repository serves no {arch} (it serves: {served}); export it first")
+        return self.networks[arch]
+
+    def save(self, repository: Path) -> Path:
+        path = Path(repository) / INDEX_FILE
+        data = {"format": FORMAT, "networks": {arch: asdict(n) for arch, n in self.networks.items()}}
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, repository: Path) -> RepositoryIndex:
+        """The repository's index (an empty one where the repository has none yet)."""
+        path = Path(repository) / INDEX_FILE
+        if not path.is_file():
+            return cls()
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise RepositoryIndexError(f"{path} is not a {FORMAT} index; write the repository again")
+        networks = {}
+        for arch, raw in data["networks"].items():
+            engines = [ServedEngine(**e) for e in raw.pop("engines")]
+            networks[arch] = ServedNetwork(**raw, engines=engines)
+        return cls(networks)
