@@ -75,7 +75,16 @@ class Engine:
 
     @classmethod
     def from_manifest(cls, directory: Path, manifest: dict, *, threads: int | None, device: str, **options) -> Engine:
-        raise NotImplementedError
+        """An exported engine: the model file its manifest names, at the precision it was built for."""
+        meta = {"arch": manifest.get("arch"), "dataset": manifest.get("dataset")}
+        return cls(
+            directory / manifest["file"],
+            precision=manifest.get("precision"),
+            threads=threads,
+            device=device,
+            meta=meta,
+            **options,
+        )
 
     def info(self) -> dict:
         return self._info.as_dict()

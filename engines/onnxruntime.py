@@ -92,18 +92,6 @@ class OnnxRuntimeEngine(Engine):
             },
         )
 
-    @classmethod
-    def from_manifest(cls, directory: Path, manifest: dict, *, threads: int | None, device: str, **options):
-        meta = {"arch": manifest.get("arch"), "dataset": manifest.get("dataset")}
-        return cls(
-            directory / manifest["file"],
-            precision=manifest.get("precision"),
-            threads=threads,
-            device=device,
-            meta=meta,
-            **options,
-        )
-
     @staticmethod
     def _providers(ort, device: str, precision: str, cache_dir) -> list:
         if device == "cpu":

@@ -34,12 +34,13 @@ class OpenVinoEngine(Engine):
         self,
         model_path: str | Path,
         *,
-        precision: str = "fp32",
+        precision: str | None = None,
         threads: int | None = None,
         device: str = "cpu",
         meta: dict | None = None,
     ) -> None:
         ov = openvino()
+        precision = precision or "fp32"
         if device != "cpu":
             raise EngineError(f"the OpenVINO engine runs on the CPU only, not {device!r}")
         self.model_path = Path(model_path)
@@ -96,18 +97,6 @@ class OpenVinoEngine(Engine):
                 "conv_runtime_precisions": runtime,
                 "openvino": ov.__version__,
             },
-        )
-
-    @classmethod
-    def from_manifest(cls, directory: Path, manifest: dict, *, threads: int | None, device: str, **options):
-        meta = {"arch": manifest.get("arch"), "dataset": manifest.get("dataset")}
-        return cls(
-            directory / manifest["file"],
-            precision=manifest.get("precision", "fp32"),
-            threads=threads,
-            device=device,
-            meta=meta,
-            **options,
         )
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
