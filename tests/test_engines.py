@@ -1,0 +1,62 @@
+"""The engine layer: backends load only when asked, a missing package is named with its install command,
+and an import error from inside an installed package is not disguised as "not installed"."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from resnet_serve import resnets
+from resnet_serve.engines import BACKENDS, EngineError, EngineUnavailable, backend, load_engine
+from resnet_serve.engines.base import require
+from resnet_serve.export.onnx_export import export_onnx, prepare_for_export
+
+
+def test_a_missing_package_names_its_install_command():
+    with pytest.raises(EngineUnavailable, match="no_such_engine_package is not installed: pip install it-please"):
+        require("no_such_engine_package", "pip install it-please")
+
+
+def test_an_import_error_inside_an_installed_package_propagates(tmp_path, monkeypatch):
+    package = tmp_path / "half_installed"
+    package.mkdir()
+    (package / "__init__.py").write_text("import a_dependency_it_forgot  # noqa\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="a_dependency_it_forgot"):
+        require("half_installed", "pip install half_installed")
+
+
+def test_unknown_engines_and_files_are_explained(tmp_path):
+    with pytest.raises(
+        EngineError, match="unknown engine 'tensorflow'; known engines: onnxruntime, openvino, pytorch, gpu"
+    ):
+        backend("tensorflow")
+    (tmp_path / "model.tflite").write_bytes(b"x")
+    with pytest.raises(EngineError, match="cannot tell the engine of .*model.tflite"):
+        load_engine(tmp_path / "model.tflite")
+    with pytest.raises(EngineError, match="not an exported engine directory"):
+        load_engine(tmp_path)
+    assert set(BACKENDS) == {"onnxruntime", "openvino", "pytorch", "gpu"}
+
+
+def test_loading_one_backend_imports_no_other(tmp_path):
+    path = export_onnx(prepare_for_export(resnets.build("resnet20")), tmp_path / "model.onnx", (3, 32, 32))
+    code = (
+        "import sys, numpy as np; from resnet_serve.engines import load_engine\n"
+        f"engine = load_engine({str(path)!r}, threads=1)\n"
+        "logits = engine.infer(np.zeros((2, 3, 32, 32), np.float32))\n"
+        "print(engine.info()['engine'], logits.shape, sorted({'torch', 'openvino', 'triton'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["onnxruntime", "(2,", "10)", "[]"]
+
+
+def test_infer_all_runs_any_number_of_images_in_chunks(tmp_path):
+    path = export_onnx(prepare_for_export(resnets.build("resnet20")), tmp_path / "model.onnx", (3, 32, 32))
+    engine = load_engine(path, threads=1)
+    images = np.random.default_rng(0).standard_normal((37, 3, 32, 32), dtype=np.float32)
+    assert np.allclose(engine.infer_all(images, batch_size=8), engine.infer(images), atol=1e-5)
