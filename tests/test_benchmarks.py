@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from resnet_serve.benchmarks import cli as bench
 from resnet_serve.benchmarks import gate
@@ -101,6 +104,42 @@ def test_served_top1_equals_offline_top1_for_every_engine(triton, default_reposi
         )
         assert r["n"] == 10_000 and r["top1_pct"] == offline["top1_pct"] and r["top5_pct"] == offline["top5_pct"]
         assert r["top1_agreement_with_offline_pct"] == 100.0
+
+
+# what the server image lacks: importing any of it fails, as it would there
+NOT_IN_THE_IMAGE = ("torch", "openvino", "nncf", "onnx", "onnxruntime")
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_docker_compose_benchmark_service_runs_without_torch(triton, default_repository, tmp_path):
+    """The benchmark service's own command, from docker-compose.yml, against the real server, with the
+    packages its image does not install made unimportable."""
+    service = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["benchmark"]
+    python, flag, module, *args = service["command"]
+    assert (python, flag, module) == ("python3", "-m", "resnet_serve.benchmarks")
+    urls = {"triton:8001": triton.grpc_url, "triton:8000": triton.http_url}  # the compose network's names
+    args = [urls.get(a, a) for a in args]
+    args[args.index("--out") + 1] = str(tmp_path / "out")
+    args += ["--duration", "0.3"]  # a shorter run than the service's own
+    blocked = "; ".join(f"sys.modules[{name!r}] = None" for name in NOT_IN_THE_IMAGE)
+    code = f"import runpy, sys; {blocked}; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    env = {**os.environ, "RESNET_SERVE_REPOSITORY": str(default_repository / "models")}
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    served_engines = {(r["engine"], r["protocol"], r["payload"]) for r in results["served"]}
+    for engine in ("onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-int8"):
+        assert {(engine, "grpc", "jpeg"), (engine, "http", "jpeg"), (engine, "grpc", "tensor")} <= served_engines
+    assert all(r["errors"] == 0 and r["requests_ok"] > 0 for r in results["served"])
+    baselines = {(b["engine"], b["precision"]): b for b in gate.load_baselines(BASELINES)}
+    assert len(results["accuracy"]) == 4
+    for r in results["accuracy"]:
+        assert r["where"] == "served" and r["n"] == 10_000
+        assert abs(r["top1_pct"] - baselines[(r["engine"], r["precision"])]["top1"]) <= 0.3
+    assert results["offline"] == []  # nothing ran in the benchmark process itself
 
 
 def test_gate_logic():
