@@ -69,6 +69,7 @@ def test_missing_and_garbage_files(tmp_path):
 
 
 @pytest.mark.parametrize(("arch", "target"), [("resnet20", 88.0), ("resnet56", 90.0)])
+@pytest.mark.slow
 def test_evaluate_cli_reproduces_the_committed_model_card(arch, target, cifar_jpg):
     """Each committed checkpoint's card states its test top-1; the evaluate CLI must measure the same."""
     checkpoint = committed_checkpoint(arch)

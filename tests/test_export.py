@@ -145,6 +145,7 @@ def test_ort_fp32_parity_with_pytorch_on_the_whole_test_split(exported_resnet20,
     assert exported_resnet20.parity["openvino-fp32"]["max_abs_logit_diff"] <= 1e-3
 
 
+@pytest.mark.slow
 def test_int8_engines_within_half_a_point_of_fp32(exported_resnet20):
     results = exported_resnet20.accuracy["results"]
     fp32 = results["pytorch-fp32"]["top1"]
@@ -157,6 +158,7 @@ def test_int8_engines_within_half_a_point_of_fp32(exported_resnet20):
     assert calibration["method"] == best
 
 
+@pytest.mark.slow
 def test_fusion_report_of_every_engine(exported_resnet20):
     rows = {row["graph"].split(" (")[0]: row for row in exported_resnet20.fusion}
     fp32 = rows["onnxruntime-fp32"]
@@ -170,6 +172,7 @@ def test_fusion_report_of_every_engine(exported_resnet20):
     assert ov8["quantized_convs"] == 21 and ov8["conv_add_relu_fused"] == 9
 
 
+@pytest.mark.slow
 def test_tensorrt_ready_graphs(exported_resnet20):
     results = exported_resnet20.accuracy["results"]
     fp32 = results["pytorch-fp32"]["top1"]
@@ -184,6 +187,7 @@ def test_tensorrt_ready_graphs(exported_resnet20):
     assert recipe["profile"]["max"] == "input:256x3x32x32"
 
 
+@pytest.mark.slow
 def test_engine_api(exported_resnet20):
     directory = exported_resnet20.artifact("openvino-int8").path
     engine = load_engine(directory, threads=1)

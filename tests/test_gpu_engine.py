@@ -173,6 +173,7 @@ def test_autotuner_names_the_layer_when_no_candidate_runs(tmp_path):
         autotune(engine, {"small": 1})
 
 
+@pytest.mark.slow
 def test_resnet20_engines_match_pytorch(tmp_path, resnet20_checkpoint, cifar_test_set, cifar_jpg):
     model, _ = load_checkpoint(resnet20_checkpoint)
     prepared = prepare_for_export(model)
@@ -200,6 +201,7 @@ def test_resnet20_engines_match_pytorch(tmp_path, resnet20_checkpoint, cifar_tes
         assert (logits.argmax(1) == reference.argmax(1)).all(), precision
 
 
+@pytest.mark.slow
 def test_imagenet_bottleneck_plan_with_maxpool_runs(tmp_path):
     """ResNet-50's path (7x7 stem, max-pool, bottlenecks, projection shortcuts) on a 64x64 input."""
     torch.manual_seed(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -226,12 +227,14 @@ def test_imagenet_ensemble_handles_any_size_and_mode(triton, imagenet_sample):
     assert all(entry[0].decode().split(":", 2)[2] in names for entry in top)
 
 
-def triton_processes() -> list[str]:
+def processes_serving(repository: Path) -> list[str]:
+    """tritonserver and Python-backend stub processes whose command line names this repository."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid,pgid,args"], capture_output=True, text=True).stdout
+    names_it = re.compile(re.escape(str(Path(repository).resolve())) + r"(/|\s|$)")
     return [
         line
         for line in out.splitlines()
-        if "tritonserver --model-repository" in line or "triton_python_backend_stub" in line
+        if ("bin/tritonserver" in line or "triton_python_backend_stub" in line) and names_it.search(line)
     ]
 
 
@@ -239,13 +242,14 @@ def test_clean_shutdown_leaves_no_process(small_repository):
     from resnet_serve.server import running
 
     repo = small_repository
-    before = set(triton_processes())
+    assert processes_serving(repo) == []
     with running(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
         pid = server.process.pid
-        mine = [p for p in triton_processes() if p not in before]
-        assert any(p.split()[0] == str(pid) for p in mine), mine
-        assert any("stub" in p and p.split()[1] == str(pid) for p in mine), mine
-    assert not [p for p in triton_processes() if p not in before]
+        mine = processes_serving(repo)
+        assert any(p.split()[0] == str(pid) and "bin/tritonserver" in p for p in mine), mine
+        stubs = [p for p in mine if "triton_python_backend_stub" in p]
+        assert len(stubs) == 2 and all(p.split()[1] == str(pid) for p in stubs), mine  # preprocess, classifier
+    assert processes_serving(repo) == []
 
 
 def test_model_that_fails_to_load_makes_the_cli_exit_nonzero(default_repository, tmp_path):
@@ -258,7 +262,7 @@ def test_model_that_fails_to_load_makes_the_cli_exit_nonzero(default_repository,
         [
             sys.executable,
             "-m",
-            "server",
+            "resnet_serve.server",
             "--model-repository",
             str(repo),
             "--http-port",
@@ -275,7 +279,7 @@ def test_model_that_fails_to_load_makes_the_cli_exit_nonzero(default_repository,
     )
     assert result.returncode != 0
     assert "broken" in result.stderr and "ONNX Runtime could not load" in result.stderr
-    assert not triton_processes() or all("broken" not in p for p in triton_processes())
+    assert processes_serving(repo) == []  # neither the server nor a stub outlived the failed start
 
 
 def test_server_reports_a_missing_repository(tmp_path):

@@ -18,6 +18,7 @@ def test_paper_schedule_divides_at_32k_and_48k():
     assert cosine.deviations() == ["schedule='cosine' (paper: 'step')"]
 
 
+@pytest.mark.slow
 def test_short_training_run_writes_checkpoint_log_and_card_and_resumes(tmp_path, cifar_jpg):
     out = tmp_path / "run"
     common = [
@@ -60,6 +61,7 @@ def test_short_training_run_writes_checkpoint_log_and_card_and_resumes(tmp_path,
     assert train.main(common + ["--epochs", "3", "--reschedule", "--lr", "0.05"]) == 2
 
 
+@pytest.mark.slow
 def test_resume_continues_from_last_epoch(tmp_path, cifar_jpg):
     out = tmp_path / "run"
     args = [
