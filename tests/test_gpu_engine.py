@@ -127,9 +127,20 @@ def test_resnet20_plan_structure():
     assert plan.ops[0].kind == "input" and plan.ops[-1].kind == "head"
 
 
+def untrained_resnet20_plan(directory):
+    """An fp16 plan of an untrained ResNet-20, built without a GPU (default tiles) into ``directory``."""
+    return build_gpu_engine(
+        prepare_for_export(resnets.build("resnet20")),
+        directory,
+        precision="fp16",
+        input_shape=(3, 32, 32),
+        calibration=None,
+        device="cpu",
+    )
+
+
 def test_plan_records_untuned_tiles_and_survives_a_round_trip(tmp_path):
-    model = prepare_for_export(resnets.build("resnet20"))
-    plan = build_gpu_engine(model, tmp_path, precision="fp16", input_shape=(3, 32, 32), calibration=None, device="cpu")
+    plan = untrained_resnet20_plan(tmp_path)
     assert not plan.autotuned
     for op in plan.convs:  # no GPU to tune on: the default tiles, recorded as untuned, with the reason
         assert set(op.tiles) == set(BATCH_CLASSES)
@@ -141,14 +152,7 @@ def test_plan_records_untuned_tiles_and_survives_a_round_trip(tmp_path):
 
 
 def test_plan_refuses_a_layer_without_a_valid_tuning(tmp_path):
-    plan = build_gpu_engine(
-        prepare_for_export(resnets.build("resnet20")),
-        tmp_path,
-        precision="fp16",
-        input_shape=(3, 32, 32),
-        calibration=None,
-        device="cpu",
-    )
+    plan = untrained_resnet20_plan(tmp_path)
     layer = next(op for op in plan.convs if op.name == "layer2.0.conv2")
     layer.tiles["large"] = Tiles(config=DEFAULT_CONFIG, tuned=True, ms=float("inf"))
     with pytest.raises(EngineError, match=r"layer2.0.conv2 \(large\) is marked tuned without a valid time: inf"):
@@ -160,14 +164,7 @@ def test_plan_refuses_a_layer_without_a_valid_tuning(tmp_path):
 
 def test_autotuner_names_the_layer_when_no_candidate_runs(tmp_path):
     """Where no candidate can be timed (here: no CUDA for the benchmark timer) the build stops and says why."""
-    build_gpu_engine(
-        prepare_for_export(resnets.build("resnet20")),
-        tmp_path,
-        precision="fp16",
-        input_shape=(3, 32, 32),
-        calibration=None,
-        device="cpu",
-    )
+    untrained_resnet20_plan(tmp_path)
     engine = GpuEngine(fast_tiles(tmp_path))
     with pytest.raises(EngineError, match=r"no tile configuration works for conv1 at batch 1 .*: 64x64x32x4x3: "):
         autotune(engine, {"small": 1})
