@@ -11,8 +11,10 @@ from pathlib import Path
 
 from resnet_serve.engines import EngineError, load_engine, write_manifest
 from resnet_serve.engines.base import require
+from resnet_serve.engines.openvino import cpu_capabilities
 from resnet_serve.export.calibration import Calibration, Candidate
 from resnet_serve.export.config import ENGINE_PRECISIONS, ExportConfig
+from resnet_serve.export.openvino_build import convert_ir, quantize_ir
 from resnet_serve.export.summary import ArtifactRecord, ModelRecord
 from resnet_serve.resnets.models import ResNet
 from resnet_serve.resnets.spec import INPUT_NAME, OUTPUT_NAME, DatasetSpec
@@ -111,9 +113,6 @@ def build_onnxruntime(ctx: BuildContext, precision: str) -> Built:
 
 
 def build_openvino(ctx: BuildContext, precision: str) -> Built | Skip:
-    from resnet_serve.engines.openvino import cpu_capabilities
-    from resnet_serve.export.openvino_build import convert_ir, quantize_ir
-
     capability = {"bf16": "BF16", "fp16": "FP16"}.get(precision)
     if capability and capability not in (caps := cpu_capabilities()):
         return Skip(

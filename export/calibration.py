@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_serve import settings
+from resnet_serve.engines.onnxruntime import OnnxRuntimeEngine
 from resnet_serve.errors import ResnetServeError
 from resnet_serve.export.quantize import METHODS, calibrate, preprocess_for_quantization, quantize_onnx
 from resnet_serve.resnets.data import find_cifar_batches, is_image_file, load_cifar10, load_image_file
@@ -186,8 +187,6 @@ class Calibration:
     def quantize(self, target: Path, *, symmetric: bool, label: str) -> tuple[dict, list[Candidate]]:
         """Quantize the model into ``target`` (QDQ ONNX). Returns the chosen method (with every candidate's
         held-out agreement under "auto") and the candidate graphs, kept beside it as ``<name>.<method>.onnx``."""
-        from resnet_serve.engines.onnxruntime import OnnxRuntimeEngine
-
         methods = METHODS if self.config.calibration_method == "auto" else (self.config.calibration_method,)
         pre = self.preprocessed_onnx()
         if len(methods) == 1:

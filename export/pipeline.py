@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from resnet_serve import settings
+from resnet_serve.engines import load_engine
 from resnet_serve.engines.onnxruntime import OnnxRuntimeEngine
 from resnet_serve.engines.pytorch import TorchEngine
 from resnet_serve.export import fusion
@@ -186,8 +187,6 @@ def evaluate(
         "pytorch-fp32": {**accuracy_report(reference, labels, classes), "engine": "pytorch", "precision": "fp32"}
     }
     base = results["pytorch-fp32"]
-    from resnet_serve.engines import load_engine
-
     engines = [(a.name, lambda a=a: load_engine(a.path, threads=config.threads)) for a in artifacts if a.runnable]
     engines += [
         (c.label, lambda c=c: OnnxRuntimeEngine(c.path, threads=config.threads, optimization=c.optimization))
@@ -238,8 +237,6 @@ def fusion_report(
     config: ExportConfig, loaded: LoadedModel, onnx_model: OnnxModel, artifacts, tensorrt: TensorRTReady | None
 ) -> list[dict]:
     """What each engine really runs, counted in its own optimized graph."""
-    from resnet_serve.engines import load_engine
-
     reports = config.out / "reports"
     source = fusion.source_graph(onnx_model.path)
     adds = len(source["adds"])
