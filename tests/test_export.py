@@ -19,6 +19,7 @@ from resnet_serve.export.config import ExportConfig
 from resnet_serve.export.fusion import onnx_graph_counts, source_graph
 from resnet_serve.export.onnx_export import OPSET, export_onnx, fold_conv_bn, prepare_for_export, zero_pad_as_conv
 from resnet_serve.export.pipeline import run_export
+from resnet_serve.export.summary import ExportSummary
 from resnet_serve.resnets.checkpoint import load_checkpoint
 from resnet_serve.resnets.models import ZeroPadShortcut
 from resnet_serve.resnets.spec import CIFAR10, normalize
@@ -294,3 +295,23 @@ def test_calibration_reads_the_official_batches(tmp_path, cifar_exact):
 
     pool = normalize(train.reshape(-1, 32, 32, 3), CIFAR10)
     assert all(np.abs(pool - image).reshape(len(pool), -1).max(1).min() < 1e-6 for image in calibration[:8])
+
+
+def test_fallbacks_are_logged_and_recorded(tmp_path, caplog, resnet20_checkpoint, cifar_jpg):
+    """The GPU engine has no entropy calibration and no GPU to tune on here: both are said and recorded."""
+    out = tmp_path / "gpu"
+    code, text = run_cli(
+        ["--checkpoint", str(resnet20_checkpoint), "--out", str(out), "--engines", "gpu", "--precisions", "int8"]
+        + ["--calibration-method", "entropy", "--calibration-size", "16", "--calibration-data", str(cifar_jpg)]
+        + ["--no-eval", "--no-tensorrt-ready"],
+        caplog,
+    )
+    assert code == 0, text
+    fallbacks = {f["step"]: f for f in ExportSummary.load(out).fallbacks}
+    assert (
+        fallbacks["gpu-int8 calibration"]["asked"] == "entropy"
+        and fallbacks["gpu-int8 calibration"]["used"] == "minmax"
+    )
+    assert "no CUDA GPU" in fallbacks["gpu-int8 autotune"]["reason"]
+    assert "fallback in gpu-int8 calibration: asked entropy, used minmax" in text
+    assert ExportSummary.load(out).artifact("gpu-int8").details["calibration"]["method"] == "minmax"
