@@ -1,10 +1,17 @@
-"""report.md and PNG plots, built only from results.json (``python -m benchmarks.report results.json``)."""
+"""report.md and PNG plots, built only from results.json.
+
+python -m resnet_serve.benchmarks.report benchmarks/results/quick/results.json
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
+
+from resnet_serve import cli
+from resnet_serve.errors import UsageError
 
 
 def _table(headers: list[str], rows: list[list]) -> list[str]:
@@ -240,14 +247,25 @@ def plot(results: dict, out_dir: Path) -> list[str]:
     return paths
 
 
-def main(argv=None) -> int:
-    argv = argv if argv is not None else sys.argv[1:]
-    path = Path(argv[0] if argv else "benchmarks/results/latest/results.json")
-    results = json.loads(path.read_text())
-    results["plots"] = plot(results, path.parent)
-    (path.parent / "report.md").write_text(render(results))
-    print(path.parent / "report.md")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m resnet_serve.benchmarks.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", type=Path, help="a results.json written by benchmarks/run.py")
+    return p
+
+
+def rebuild(args) -> int:
+    try:
+        results = json.loads(args.results.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read {args.results} as a benchmark results file: {exc}") from None
+    results["plots"] = plot(results, args.results.parent)
+    (args.results.parent / "report.md").write_text(render(results))
+    print(args.results.parent / "report.md")
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), rebuild, argv)
 
 
 if __name__ == "__main__":

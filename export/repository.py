@@ -71,7 +71,7 @@ class Profile:
     device: str = "cpu"
 
 
-# Measured on the 2-core CPU machine (python -m benchmarks.profile_sweep; README "Serving"): one classifier
+# Measured on the 2-core CPU machine (resnet-serve sweep; README "Serving"): one classifier
 # instance using both cores beats two single-thread instances; no batching window (queue delay 0 us) wins
 # at every concurrency because requests queue up anyway while an instance is busy; uint8 HWC pixels
 # between preprocess and classifier move a quarter of the bytes of float32 and serve 4-9% more img/s.
