@@ -6,8 +6,9 @@ Two graph rewrites happen in PyTorch before export, each proven equal in the tes
   so every engine starts from Conv + bias (the engines would fold it too; doing it here makes the ONNX,
   the INT8 graphs and the GPU engine start from the same weights).
 * The paper's option-A shortcut (strided slice + zero channel pad) becomes a 1x1 stride-2 convolution
-  with the fixed weight [I; 0]. Same function; unlike Slice + Pad it lets ONNX Runtime fuse the
-  residual Add + ReLU into the next convolution (measured: Slice/Pad stop the fusion in stages 2-3).
+  with the fixed weight [I; 0] ([0; I; 0] where the zeros are split before and after the identity).
+  Same function; unlike Slice + Pad it lets ONNX Runtime fuse the residual Add + ReLU into the next
+  convolution (measured: Slice/Pad stop the fusion in stages 2-3).
 """
 
 from __future__ import annotations
@@ -56,11 +57,13 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def zero_pad_as_conv(shortcut: ZeroPadShortcut) -> nn.Conv2d:
-    """Option A as a 1x1 stride-s conv with weight [I; 0] (no bias)."""
+    """Option A as a 1x1 stride-s conv with a fixed weight (no bias): [I; 0] for zeros after the identity,
+    [0; I; 0] for zeros split before and after it."""
     conv = nn.Conv2d(shortcut.in_planes, shortcut.planes, kernel_size=1, stride=shortcut.stride, bias=False)
+    first = shortcut.zeros_before
     with torch.no_grad():
         conv.weight.zero_()
-        conv.weight[: shortcut.in_planes, :, 0, 0] = torch.eye(shortcut.in_planes)
+        conv.weight[first : first + shortcut.in_planes, :, 0, 0] = torch.eye(shortcut.in_planes)
     return conv
 
 

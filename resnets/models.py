@@ -32,24 +32,38 @@ def conv1x1(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False)
 
 
+OPTION_A_PADDINGS = ("after", "split")
+
+
 class ZeroPadShortcut(nn.Module):
     """Option A shortcut: identity on a strided grid, extra channels filled with zeros.
 
-    It has no parameters. The zeros are appended after the input channels, so the same
-    function is a 1x1 stride-``stride`` convolution with the fixed weight [I; 0]
-    (``export`` uses that form because it fuses into the next add).
+    It has no parameters. Where the zero channels go is part of the architecture: ``padding="after"``
+    appends them after the input channels (this project's nets), ``"split"`` puts half before and half
+    after (as code that pads ``planes // 4`` on each side does). The same weights compute different
+    functions under the two, so checkpoints record which one they were trained with. Either is a 1x1
+    stride-``stride`` convolution with a fixed weight, [I; 0] or [0; I; 0] (``export`` uses that form
+    because it fuses into the next add).
     """
 
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int, padding: str = "after") -> None:
         super().__init__()
-        self.in_planes, self.planes, self.stride = in_planes, planes, stride
+        if padding not in OPTION_A_PADDINGS:
+            raise ArchitectureError(f"option A padding must be one of {', '.join(OPTION_A_PADDINGS)}, got {padding!r}")
+        self.in_planes, self.planes, self.stride, self.padding = in_planes, planes, stride, padding
+
+    @property
+    def zeros_before(self) -> int:
+        """Zero channels in front of the identity."""
+        return (self.planes - self.in_planes) // 2 if self.padding == "split" else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, :: self.stride, :: self.stride]
-        return nn.functional.pad(x, (0, 0, 0, 0, 0, self.planes - self.in_planes))
+        before = self.zeros_before
+        return nn.functional.pad(x, (0, 0, 0, 0, before, self.planes - self.in_planes - before))
 
     def extra_repr(self) -> str:
-        return f"{self.in_planes}->{self.planes}, stride={self.stride}"
+        return f"{self.in_planes}->{self.planes}, stride={self.stride}, zeros {self.padding}"
 
 
 class BasicBlock(nn.Module):
@@ -120,7 +134,8 @@ class ResNet(nn.Module):
     """Stem, residual stages, global average pool, linear classifier.
 
     ``stem="cifar"``: one 3x3 conv, 16 channels. ``stem="imagenet"``: 7x7/2 conv + 3x3/2 max pool.
-    ``shortcut``: "A" (zero-pad), "B" (projection) or "none" (plain net).
+    ``shortcut``: "A" (zero-pad), "B" (projection) or "none" (plain net); ``option_a``: where option A
+    puts its zero channels ("after" or "split", see ZeroPadShortcut).
     """
 
     def __init__(
@@ -132,6 +147,7 @@ class ResNet(nn.Module):
         num_classes: int,
         stem: str,
         shortcut: str = "B",
+        option_a: str = "after",
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
@@ -140,6 +156,7 @@ class ResNet(nn.Module):
         if shortcut == "A" and block is not BasicBlock:
             raise ValueError("option A shortcuts are defined for BasicBlock networks only")
         self.shortcut = shortcut
+        self.option_a = option_a if shortcut == "A" else None
         self.in_planes = widths[0]
         if stem == "cifar":
             self.conv1 = conv3x3(3, widths[0])
@@ -164,7 +181,7 @@ class ResNet(nn.Module):
         out_planes = planes * block.expansion
         if self.shortcut != "none" and (stride != 1 or self.in_planes != out_planes):
             if self.shortcut == "A":
-                downsample = ZeroPadShortcut(self.in_planes, out_planes, stride)
+                downsample = ZeroPadShortcut(self.in_planes, out_planes, stride, self.option_a)
             else:
                 downsample = nn.Sequential(conv1x1(self.in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
         residual = self.shortcut != "none"
@@ -310,17 +327,22 @@ def build(name: str, num_classes: int | None = None, **kwargs) -> ResNet:
 
     ``num_classes`` defaults to the architecture's dataset (10 for CIFAR nets, 1000 for
     ImageNet nets). Keyword arguments: ``shortcut`` ("A", "B"; CIFAR residual nets only),
-    ``zero_init_residual``.
+    ``option_a`` ("after", "split": where option A's zero channels go), ``zero_init_residual``.
     """
     spec = arch_spec(name)
     shortcut = kwargs.pop("shortcut", spec.shortcut)
+    option_a = kwargs.pop("option_a", None)
     if spec.shortcut == "none" and shortcut != "none":
         raise ArchitectureError(f"{name} is a plain net; it takes no shortcut option")
     if spec.stem == "imagenet" and shortcut != "B":
         raise ArchitectureError(f"{name} uses projection shortcuts (option B) only, got shortcut={shortcut!r}")
+    if option_a is not None and shortcut != "A":
+        raise ArchitectureError(f"{name} with shortcut {shortcut!r} has no option-A padding to choose")
     unknown = set(kwargs) - {"zero_init_residual"}
     if unknown:
         raise TypeError(f"build({name!r}) got unexpected options: {', '.join(sorted(unknown))}")
+    if num_classes is not None and num_classes < 1:
+        raise ArchitectureError(f"num_classes must be at least 1, got {num_classes}")
     return ResNet(
         spec.block,
         spec.layers,
@@ -328,5 +350,6 @@ def build(name: str, num_classes: int | None = None, **kwargs) -> ResNet:
         num_classes=num_classes or spec.dataset.num_classes,
         stem=spec.stem,
         shortcut=shortcut,
+        option_a=option_a or "after",
         **kwargs,
     )
