@@ -10,16 +10,17 @@ import numpy as np
 import torch
 
 from resnet_serve.engines.base import Engine, EngineError, EngineInfo, default_threads
-from resnet_serve.resnets.checkpoint import load_checkpoint
+from resnet_serve.resnets.checkpoint import checkpoint_contract, load_checkpoint
 from resnet_serve.resnets.models import arch_spec
-from resnet_serve.resnets.spec import INPUT_NAME, OUTPUT_NAME
+from resnet_serve.resnets.spec import INPUT_NAME, OUTPUT_NAME, DatasetSpec
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CUDA_MODES = ("eager", "cuda-graph", "compile")
 
 
-def _info(engine: str, precision: str, device: str, threads: int | None, model, arch: str, path, details) -> EngineInfo:
-    spec = arch_spec(arch).dataset
+def _info(
+    engine: str, precision: str, device: str, threads: int | None, model, arch: str, spec, path, details
+) -> EngineInfo:
     return EngineInfo(
         engine=engine,
         precision=precision,
@@ -50,7 +51,9 @@ class TorchEngine(Engine):
         device: str = "cpu",
         channels_last: bool = True,
         path: str | Path | None = None,
+        spec: DatasetSpec | None = None,
     ) -> None:
+        """``spec``: the model contract (input size, dataset); default: the architecture's dataset."""
         if precision not in AUTOCAST:
             raise EngineError(f"PyTorch precision must be one of {', '.join(AUTOCAST)}, got {precision!r}")
         threads = threads or default_threads()
@@ -67,14 +70,16 @@ class TorchEngine(Engine):
             threads if device == "cpu" else None,
             model,
             arch,
+            spec or arch_spec(arch).dataset,
             path,
             {"mode": "eager", "channels_last": channels_last, "autocast": precision != "fp32"},
         )
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, *, arch: str | None = None, **options) -> TorchEngine:
+        """A resnet-serve checkpoint (its contract gives the input size)."""
         model, ckpt = load_checkpoint(checkpoint, arch)
-        return cls(model, ckpt["arch"], path=checkpoint, **options)
+        return cls(model, ckpt["arch"], path=checkpoint, spec=checkpoint_contract(ckpt), **options)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.memory_format)
@@ -106,6 +111,7 @@ class CudaTorchEngine(Engine):
             None,
             model,
             ckpt["arch"],
+            checkpoint_contract(ckpt),
             checkpoint,
             {"gpu": torch.cuda.get_device_name(0), "channels_last": True},
         )

@@ -44,6 +44,14 @@ MIN_IMAGE_SIDE = 8  # smaller images carry no usable content for a 32x32 (or lar
 ImageLike = Image.Image | bytes | np.ndarray  # encoded file bytes, a PIL image, or uint8 HWC pixels
 # the model contract as Triton config parameters (DatasetSpec.as_parameters)
 CONTRACT_PARAMETERS = ("dataset", "num_classes", "image_size", "resize_size", "mean", "std")
+INTERPOLATIONS = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "lanczos": Image.LANCZOS,
+    "box": Image.BOX,
+    "hamming": Image.HAMMING,
+}
 
 
 class ImageError(ResnetServeError):
@@ -56,7 +64,12 @@ class ContractError(ResnetServeError):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What a model expects as input: size, normalisation and label names."""
+    """The model contract: what a model expects as input and how many classes it scores.
+
+    ``name`` is the data the model was trained for ("cifar10", "imagenet", or a user's name); the
+    rest is the preprocessing: resize the shorter side to ``resize_size`` with ``interpolation``,
+    center-crop ``image_size``, scale to 0..1 and normalize with ``mean``/``std``.
+    """
 
     name: str
     num_classes: int
@@ -64,6 +77,23 @@ class DatasetSpec:
     std: tuple[float, float, float]
     image_size: int  # side of the square network input
     resize_size: int  # shorter side is resized to this before the center crop
+    interpolation: str = "bilinear"  # a key of INTERPOLATIONS
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_classes < 1:
+            problems.append(f"num_classes {self.num_classes} (need at least 1)")
+        if self.image_size < MIN_IMAGE_SIDE or self.resize_size < self.image_size:
+            problems.append(
+                f"image_size {self.image_size} / resize_size {self.resize_size} (need image_size >= "
+                f"{MIN_IMAGE_SIDE} and resize_size >= image_size)"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            problems.append(f"mean {self.mean} / std {self.std} (need 3 values each, std above 0)")
+        if self.interpolation not in INTERPOLATIONS:
+            problems.append(f"interpolation {self.interpolation!r} (one of {', '.join(INTERPOLATIONS)})")
+        if problems:
+            raise ContractError(f"model contract {self.name!r} is not usable: " + "; ".join(problems))
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -78,6 +108,7 @@ class DatasetSpec:
             "resize_size": str(self.resize_size),
             "mean": ",".join(repr(float(v)) for v in self.mean),
             "std": ",".join(repr(float(v)) for v in self.std),
+            "interpolation": self.interpolation,
         }
 
     @classmethod
@@ -91,36 +122,57 @@ class DatasetSpec:
             )
         try:
             mean, std = (tuple(float(v) for v in params[key].split(",")) for key in ("mean", "std"))
-            spec = cls(
+            return cls(
                 name=params["dataset"],
                 num_classes=int(params["num_classes"]),
                 mean=mean,
                 std=std,
                 image_size=int(params["image_size"]),
                 resize_size=int(params["resize_size"]),
+                interpolation=params.get("interpolation", "bilinear"),
             )
+        except ContractError as exc:
+            raise ContractError(f"{source}: {exc}") from None
         except ValueError as exc:
             raise ContractError(f"{source} has a malformed preprocessing parameter ({exc})") from None
-        if len(spec.mean) != 3 or len(spec.std) != 3 or min(spec.std) <= 0:
-            raise ContractError(f"{source}: mean and std need 3 values each, std above 0; got {spec.mean}, {spec.std}")
-        return spec
 
-    def labels(self, class_index: str | Path | None = None) -> list[str]:
-        """Label names by class index.
-
-        CIFAR-10 names are built in. For ImageNet, pass a torchvision/Keras-style
-        ``imagenet_class_index.json`` ({"0": ["n01440764", "tench"], ...}); without one the
-        labels are ``class_0`` .. ``class_999``.
-        """
-        if self.name == "cifar10":
+    def default_labels(self) -> list[str]:
+        """CIFAR-10's names for a 10-class CIFAR-10 model, else class_0 .. class_<N-1>."""
+        if self.name == "cifar10" and self.num_classes == len(CIFAR10_CLASSES):
             return list(CIFAR10_CLASSES)
-        if class_index is None:
-            return [f"class_{i}" for i in range(self.num_classes)]
-        table = json.loads(Path(class_index).read_text())
-        names = [table[str(i)][1] for i in range(len(table))]
-        if len(names) != self.num_classes:
-            raise ContractError(f"{class_index} has {len(names)} classes, expected {self.num_classes} for {self.name}")
-        return names
+        return [f"class_{i}" for i in range(self.num_classes)]
+
+
+def read_labels(path: str | Path, num_classes: int) -> list[str]:
+    """Label names from a file: text (one name per line), or JSON: a list of names, {"0": "name", ...},
+    or an ImageNet-style class index {"0": ["n01440764", "tench"], ...}. Their count must be ``num_classes``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ContractError(f"cannot read the labels file {path}: {exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            table = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ContractError(f"{path} is not valid JSON ({exc}); give a text file with one label per line") from None
+        if isinstance(table, dict):
+            try:
+                entries = [table[str(i)] for i in range(len(table))]
+            except KeyError as exc:
+                raise ContractError(f"{path} maps class indices to names but lacks index {exc}") from None
+        elif isinstance(table, list):
+            entries = table
+        else:
+            raise ContractError(f"{path} holds a JSON {type(table).__name__}; expected a list or an index -> name map")
+        names = [e[-1] if isinstance(e, list) and e else e for e in entries]
+        if not all(isinstance(n, str) for n in names):
+            raise ContractError(f"{path}: every label must be a string (or [id, name] pair)")
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise ContractError(f"{path} has {len(names)} labels; the model scores {num_classes} classes")
+    return names
 
 
 # Per-channel statistics of the CIFAR-10 training images (0..1 scale).
@@ -200,19 +252,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision's ``Resize(size)`` rule for an int size: the shorter side becomes ``size``, the longer
+    ``int(size * long / short)`` (truncated, not rounded)."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
 def resize_center_crop(img: Image.Image, spec: DatasetSpec) -> np.ndarray:
     """Resize the shorter side to ``spec.resize_size`` and center-crop ``spec.image_size``.
 
-    Returns uint8 HWC RGB. Bilinear with Pillow's antialiasing, as torchvision's
-    ``Resize`` + ``CenterCrop`` do on PIL images. A CIFAR-sized 32x32 image passes unchanged.
+    Returns uint8 HWC RGB. Exactly torchvision's ``Resize(resize_size)`` + ``CenterCrop(image_size)``
+    on PIL images (Pillow's antialiased resampling, its size and crop-offset rules). A CIFAR-sized
+    32x32 image passes unchanged.
     """
     width, height = img.size
-    short = min(width, height)
-    if short != spec.resize_size:
-        scale = spec.resize_size / short
-        new_w = spec.resize_size if width == short else max(spec.resize_size, round(width * scale))
-        new_h = spec.resize_size if height == short else max(spec.resize_size, round(height * scale))
-        img = img.resize((new_w, new_h), Image.BILINEAR)
+    new_w, new_h = resized_size(width, height, spec.resize_size)
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), INTERPOLATIONS[spec.interpolation])
         width, height = new_w, new_h
     left = int(round((width - spec.image_size) / 2.0))
     top = int(round((height - spec.image_size) / 2.0))

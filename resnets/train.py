@@ -319,6 +319,7 @@ def train(args) -> int:
         "iterations": total_iters,
         "warmup_iters": warmup_iters,
         "amp": "bf16" if amp_dtype else None,
+        "contract": spec.dataset.as_parameters(),  # what the model expects as input: it travels with it
         "data": {"dir": _display_path(data_dir), "train_images": len(train_set), "test_images": len(test_set)},
         "test": {"top1": final["top1"], "top5": final["top5"], "n": final["n"], "per_class": final["per_class"]},
         "wall_time_s": round(wall_s, 1),
