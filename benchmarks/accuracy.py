@@ -75,10 +75,19 @@ def run_accuracy(ctx, grpc_url: str | None) -> list[dict]:
 
             summary = ctx.exports[model]
             normalized = images.normalized(spec)
-            reference = TorchEngine.from_checkpoint(summary.model.checkpoint, threads=ctx.threads).infer_all(normalized)
-            records.append(
-                {"engine": "pytorch", "precision": "fp32", "where": "offline", **summarize(reference, labels, classes)}
-            )
+            if summary.model.checkpoint is not None:
+                torch_engine = TorchEngine.from_checkpoint(summary.model.checkpoint, threads=ctx.threads)
+                reference = torch_engine.infer_all(normalized)
+                records.append(
+                    {
+                        "engine": "pytorch",
+                        "precision": "fp32",
+                        "where": "offline",
+                        **summarize(reference, labels, classes),
+                    }
+                )
+            else:
+                log.info("accuracy %s: exported from ONNX, so no PyTorch reference row", model)
             wanted = [a for a in summary.artifacts if ctx.wanted(a.engine, a.precision) and a.runnable]
             for artifact in progress(wanted, f"accuracy {model}"):
                 logits = load_engine(artifact.path, threads=ctx.threads).infer_all(normalized)

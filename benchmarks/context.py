@@ -60,10 +60,12 @@ class Context:
         """The model's labelled test images (CIFAR-10) or sample images (ImageNet), or None if absent here."""
         if model not in self._images:
             spec = self.spec(model)
-            if spec.name == "cifar10":
+            if spec.name == "cifar10" and spec.num_classes == 10:
                 self._images[model] = cifar_test_split(self.cifar_dir, spec)
-            else:
+            elif spec.name == "imagenet":
                 self._images[model] = sample_images(self.imagenet_dir, spec)
+            else:
+                self._images[model] = None  # a user's model: no test images of its classes here
                 if self._images[model] is None:
                     log.warning(
                         "no sample images in %s for %s: offline timing uses random pixels", self.imagenet_dir, model

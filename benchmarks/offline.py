@@ -60,7 +60,9 @@ def offline_engines(ctx, model: str) -> list[tuple[str, Engine]]:
     """(requested precision, engine) for every engine of the run: PyTorch peers, then the exported engines."""
     summary = ctx.exports[model]
     engines: list[tuple[str, Engine]] = []
-    if "pytorch" in ctx.engines:
+    if "pytorch" in ctx.engines and summary.model.checkpoint is None:
+        log.info("no PyTorch peers for %s: it was exported from ONNX", model)
+    elif "pytorch" in ctx.engines:
         from resnet_serve.engines.pytorch import CUDA_MODES, CudaTorchEngine, TorchEngine
 
         for precision in ("fp32", "bf16"):

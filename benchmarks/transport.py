@@ -12,8 +12,9 @@ import time
 from resnet_serve.benchmarks.offline import percentiles_ms
 from resnet_serve.client.core import prepare_all
 from resnet_serve.client.sync import Classifier
+from resnet_serve.export.repository import size_class
 
-BATCH = {"cifar10": 256, "imagenet": 32}
+BATCH = {"small": 256, "large": 32}  # by input size, as the CPU profile batches
 
 
 def _server_ms(client, model: str) -> tuple[int, dict]:
@@ -58,7 +59,7 @@ def run_transport(ctx, grpc_url: str) -> list[dict]:
     for model in ctx.suite.models:
         network = ctx.index.network(model)
         encoded = ctx.images(model).encoded
-        batch = BATCH[network.dataset]
+        batch = BATCH[size_class(ctx.spec(model))]
         images = [encoded[i % len(encoded)] for i in range(batch)]
         classifier = network.engines[0].classifier
         rows += measure(grpc_url, classifier, images, batch_size=batch, duration_s=ctx.suite.served_duration_s)

@@ -30,7 +30,7 @@ class BuildContext:
     record: ModelRecord
     spec: DatasetSpec
     num_classes: int
-    prepared: ResNet  # BN folded, option A as a conv: what the ONNX and the GPU engine start from
+    prepared: ResNet | None  # BN folded, option A as a conv: what the ONNX and the GPU engine start from
     onnx_path: Path
     calibration: Calibration
     fallbacks: list[dict]
@@ -59,15 +59,18 @@ def register(ctx: BuildContext, engine: str, precision: str, file: str, details:
         "engine": engine,
         "precision": precision,
         "file": file,
+        "model": ctx.record.name,
         "arch": ctx.record.arch,
         "dataset": ctx.spec.name,
         "num_classes": ctx.num_classes,
         "contract": ctx.spec.as_parameters(),
+        "contract_sources": ctx.record.contract_sources,
+        "option_a": ctx.record.option_a,
         "device": device or ctx.config.device,
         "input": {"name": INPUT_NAME, "shape": [-1, *ctx.spec.input_shape], "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": [-1, ctx.num_classes], "dtype": "float32"},
         "weights": ctx.record.weights,
-        "checkpoint": ctx.record.checkpoint,
+        "source": ctx.record.source,
         **details,
     }
     write_manifest(directory, manifest)
@@ -134,7 +137,9 @@ def build_openvino(ctx: BuildContext, precision: str) -> Built | Skip:
     return Built(register(ctx, "openvino", precision, "model.xml", details))
 
 
-def build_gpu(ctx: BuildContext, precision: str) -> Built:
+def build_gpu(ctx: BuildContext, precision: str) -> Built | Skip:
+    if ctx.prepared is None:
+        return Skip("gpu", precision, "the GPU engine plans a PyTorch ResNet; an ONNX input has no module to plan")
     require("triton", "pip install triton (the GPU engine's kernels are Triton-lang)")
     from resnet_serve.export.gpu_build import CALIBRATION_METHODS, build_gpu_engine
 

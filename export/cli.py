@@ -1,7 +1,10 @@
-"""python -m export --checkpoint checkpoints/resnet20.pt --out build/resnet20 [options]
+"""python -m export (--checkpoint FILE [--arch NAME] | --onnx FILE) --out DIR [options]
 
-Exports a checkpoint to ONNX, builds the engines, writes TensorRT-ready artifacts, and checks parity,
-accuracy and fusion; prints a JSON summary (the whole summary is written to OUT/export.json).
+Exports a checkpoint (this project's, or a training checkpoint / state_dict from other code) or an
+ONNX classifier, builds the engines, writes TensorRT-ready artifacts, and checks parity, accuracy and
+fusion; prints a JSON summary (the whole summary is written to OUT/export.json). The model contract
+(classes, input and resize size, interpolation, mean/std, labels) comes from the flags, else what the
+checkpoint records, else the architecture's defaults; the summary says which for every field.
 """
 
 from __future__ import annotations
@@ -12,12 +15,55 @@ from pathlib import Path
 
 from resnet_serve import cli
 from resnet_serve.export.config import ENGINE_PRECISIONS, PRECISIONS, ExportConfig
+from resnet_serve.resnets.contract import ContractFlags
+from resnet_serve.resnets.spec import INTERPOLATIONS
+
+
+def floats3(value: str) -> tuple[float, float, float]:
+    """argparse type: three comma-separated numbers (R,G,B)."""
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers R,G,B, got {value!r}")
+    return parts
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[1].replace("\n", " "))
-    p.add_argument("--checkpoint", type=Path, help="resnet-serve checkpoint or torchvision state_dict (.pt/.pth)")
-    p.add_argument("--arch", help="architecture (required for a bare state_dict or --random-weights)")
+    model = p.add_argument_group("the model")
+    model.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a resnet-serve checkpoint, a state_dict or a training checkpoint from other code (.pt/.pth)",
+    )
+    model.add_argument("--onnx", type=Path, help="an ONNX classifier exported elsewhere ([N, 3, S, S] -> [N, classes])")
+    model.add_argument("--arch", help="architecture (required for checkpoints from other code and --random-weights)")
+    model.add_argument(
+        "--option-a",
+        choices=("after", "split"),
+        help="option-A shortcuts: zero channels after the identity (this project) or split before/after it "
+        "(code that pads planes//4 on each side); required for other code's CIFAR ResNets",
+    )
+    model.add_argument("--weights-key", help="the entry of a training checkpoint that holds the weights, if several do")
+    model.add_argument("--name", help="the served model's name (default: the architecture, or the ONNX file's name)")
+    contract = p.add_argument_group(
+        "the model contract (default: what the checkpoint records, else the architecture's)"
+    )
+    contract.add_argument("--preset", choices=("cifar10", "imagenet"), help="that dataset's sizes and mean/std")
+    contract.add_argument("--dataset", help="a name for the data the model was trained on")
+    contract.add_argument("--num-classes", type=int, help="checked against the model's head")
+    contract.add_argument("--image-size", type=int, help="side of the square network input")
+    contract.add_argument("--resize-size", type=int, help="the shorter side is resized to this before the center crop")
+    contract.add_argument("--interpolation", choices=tuple(INTERPOLATIONS), help="resampling of the resize")
+    contract.add_argument("--mean", type=floats3, help="per-channel mean on the 0..1 scale, R,G,B")
+    contract.add_argument("--std", type=floats3, help="per-channel std on the 0..1 scale, R,G,B")
+    contract.add_argument(
+        "--labels",
+        type=Path,
+        help="label names: a text file (one per line) or JSON (a list, {index: name} or an ImageNet class index)",
+    )
     p.add_argument(
         "--random-weights",
         action="store_true",
@@ -56,7 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", type=Path, help="evaluation data (default: the CIFAR-10 test split if present)")
     p.add_argument("--eval-limit", type=int, help="evaluate on a seeded random subset of N images")
     p.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip parity and accuracy")
-    p.add_argument("--labels", type=Path, help="ImageNet class index JSON (imagenet_class_index.json)")
     p.add_argument("--threads", type=int, help="CPU threads per engine (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (onnxruntime-gpu: CUDA/TensorRT providers)")
     p.add_argument("--max-batch", type=int, default=256, help="largest batch of the TensorRT profile")
@@ -83,6 +128,20 @@ def export(args) -> int:
         out=args.out,
         arch=args.arch,
         random_weights=args.random_weights,
+        onnx=args.onnx,
+        name=args.name,
+        contract=ContractFlags(
+            dataset=args.dataset,
+            num_classes=args.num_classes,
+            image_size=args.image_size,
+            resize_size=args.resize_size,
+            interpolation=args.interpolation,
+            mean=args.mean,
+            std=args.std,
+        ),
+        preset=args.preset,
+        option_a=args.option_a,
+        weights_key=args.weights_key,
         engines=args.engines,
         precisions=args.precisions,
         calibration_data=args.calibration_data,
@@ -118,7 +177,16 @@ def export(args) -> int:
     print(
         json.dumps(
             {
-                "model": summary.model.arch,
+                "model": summary.model.name,
+                "source": f"{summary.model.source} ({summary.model.source_kind})",
+                "contract": {
+                    key: f"{value} (from {summary.model.contract_sources.get(key, '?')})"
+                    for key, value in summary.model.contract.items()
+                },
+                "labels": summary.model.labels_source,
+                "option_a": summary.model.option_a and f"{summary.model.option_a} ({summary.model.option_a_source})",
+                "option_a_check": summary.option_a_check,
+                "import": summary.model.import_report,
                 "artifacts": [{"name": a.name, "path": a.path, "runs": a.runs} for a in summary.artifacts],
                 "skipped": summary.skipped,
                 "fallbacks": summary.fallbacks,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from resnet_serve.errors import UsageError
 from resnet_serve.export.quantize import METHODS
+from resnet_serve.resnets.contract import ContractFlags
+from resnet_serve.resnets.models import OPTION_A_PADDINGS
+from resnet_serve.resnets.spec import CIFAR10, IMAGENET
 
 # what each engine can be built as ("tensorrt": TensorRT-ready ONNX, and plans where TensorRT imports)
 ENGINE_PRECISIONS = {
@@ -16,6 +20,8 @@ ENGINE_PRECISIONS = {
     "tensorrt": ("fp16", "int8"),
 }
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRESETS = {"cifar10": CIFAR10, "imagenet": IMAGENET}  # --preset: a dataset's contract as the default
+OPTION_A_MARGIN = 1.0  # points of top-1 by which the other option-A variant may beat the declared one
 
 
 class ExportConfigError(UsageError):
@@ -28,6 +34,12 @@ class ExportConfig:
     out: Path
     arch: str | None = None
     random_weights: bool = False
+    onnx: Path | None = None  # a classifier exported to ONNX elsewhere, instead of a checkpoint
+    name: str | None = None  # the served model's name (default: the architecture, or the ONNX file's stem)
+    contract: ContractFlags = ContractFlags()
+    preset: str | None = None  # a dataset whose contract is the default (cifar10 | imagenet)
+    option_a: str | None = None  # after | split (required for foreign checkpoints of option-A nets)
+    weights_key: str | None = None  # where a training checkpoint keeps the weights, when it has several
     engines: tuple[str, ...] = ("onnxruntime", "openvino")
     precisions: tuple[str, ...] = ("fp32", "int8")
     calibration_data: Path | None = None
@@ -63,8 +75,24 @@ class ExportConfig:
             )
         if self.calibration_size < 1:
             raise ExportConfigError(f"--calibration-size must be at least 1, got {self.calibration_size}")
-        if self.checkpoint is None and not (self.random_weights and self.arch):
-            raise ExportConfigError("pass --checkpoint PATH, or --arch NAME --random-weights for an untrained model")
+        sources = [bool(self.checkpoint), bool(self.onnx), bool(self.random_weights)]
+        if sum(sources) != 1 or (self.random_weights and not self.arch):
+            raise ExportConfigError(
+                "pass one model: --checkpoint PATH, --onnx PATH, or --arch NAME --random-weights for an untrained one"
+            )
+        if self.onnx and (self.arch or self.option_a or self.weights_key):
+            raise ExportConfigError(
+                "--arch, --option-a and --weights-key describe checkpoints; an --onnx model has none"
+            )
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ExportConfigError(f"unknown --preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        if self.option_a is not None and self.option_a not in OPTION_A_PADDINGS:
+            choices = ", ".join(OPTION_A_PADDINGS)
+            raise ExportConfigError(f"--option-a must be one of {choices}, got {self.option_a!r}")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise ExportConfigError(
+                f"--name {self.name!r}: use letters, digits, '_', '-' and '.' (a Triton model name)"
+            )
         if self.device not in ("cpu", "cuda"):
             raise ExportConfigError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.max_batch < 1:

@@ -35,7 +35,7 @@ def build_default_repository(
     threads: int | None = None,
 ) -> dict[str, ServedNetwork]:
     cifar_dir = settings.cifar_dir(cifar_dir)
-    batches = PROFILES[profile].max_batch_size  # TensorRT profiles cover the repository's largest batch
+    batches = PROFILES[profile].max_batch_size  # TensorRT profiles cover the repository's largest batch, by input size
     if imagenet_dir is None and settings.imagenet_sample_dir().is_dir():
         imagenet_dir = settings.imagenet_sample_dir()
     written = {}
@@ -48,7 +48,7 @@ def build_default_repository(
         tensorrt_ready=True,
         evaluate=evaluate,
         threads=threads,
-        max_batch=batches["cifar10"],
+        max_batch=batches["small"],
     )
     summary = run_export(r20)
     written["resnet20"] = write_repository(
@@ -65,7 +65,7 @@ def build_default_repository(
         tensorrt_ready=profile == "gpu",
         evaluate=False,
         threads=threads,
-        max_batch=batches["imagenet"],
+        max_batch=batches["large"],
         calibration_data=imagenet_dir if profile == "gpu" else None,
         labels=labels if labels and labels.is_file() else None,
     )

@@ -10,8 +10,10 @@ checkpoint -> load_model -> export_to_onnx (BN folded, option A as conv, dynamic
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,24 +21,27 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from PIL import Image
 
 from resnet_serve import settings
-from resnet_serve.engines import load_engine
+from resnet_serve.engines import Engine, load_engine
 from resnet_serve.engines.onnxruntime import OnnxRuntimeEngine
 from resnet_serve.engines.pytorch import TorchEngine
 from resnet_serve.export import fusion
 from resnet_serve.export.builders import BuildContext, build_engines
 from resnet_serve.export.calibration import Calibration, Candidate, qdq_level
-from resnet_serve.export.config import ExportConfig
-from resnet_serve.export.onnx_export import describe_io, export_onnx, op_counts, prepare_for_export
+from resnet_serve.export.config import OPTION_A_MARGIN, PRESETS, ExportConfig
+from resnet_serve.export.onnx_export import ExportError, describe_io, export_onnx, op_counts, prepare_for_export
+from resnet_serve.export.onnx_import import ImportedOnnx, import_onnx
 from resnet_serve.export.quantize import check_tensorrt_qdq, to_fp16
 from resnet_serve.export.summary import LABELS_FILE, ArtifactRecord, ExportSummary, ModelRecord, file_sha256
 from resnet_serve.resnets.checkpoint import load_checkpoint, save_checkpoint
+from resnet_serve.resnets.contract import FLAGS, resolve
 from resnet_serve.resnets.data import find_cifar_batches, load_cifar10, load_image_folder_arrays
 from resnet_serve.resnets.env import environment
 from resnet_serve.resnets.metrics import accuracy_report, top1_agreement_pct
-from resnet_serve.resnets.models import ResNet, arch_spec, build
-from resnet_serve.resnets.spec import INPUT_NAME, DatasetSpec, normalize
+from resnet_serve.resnets.models import ResNet, ZeroPadShortcut, arch_spec, build
+from resnet_serve.resnets.spec import INPUT_NAME, DatasetSpec, normalize, read_labels, resize_center_crop
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +50,28 @@ RANDOM_WEIGHTS = "random (untrained: for serving and speed tests, not accuracy)"
 
 @dataclass
 class LoadedModel:
-    model: ResNet
-    spec: DatasetSpec
+    spec: DatasetSpec  # the resolved contract
     labels: list[str]
     record: ModelRecord
+    model: ResNet | None = None  # the PyTorch module (checkpoint and random inputs)
+    onnx: ImportedOnnx | None = None  # an ONNX input, normalised
+
+    def reference(self, threads: int | None) -> Engine:
+        """The FP32 reference every engine is compared with: PyTorch eager on the module, or for an ONNX
+        input the graph as given (renamed, dynamic batch) on ONNX Runtime with graph optimizations off."""
+        if self.model is not None:
+            return TorchEngine(self.model, self.record.arch, threads=threads, spec=self.spec)
+        return OnnxRuntimeEngine(self.onnx.path, threads=threads, optimization="disable")
+
+    @property
+    def reference_name(self) -> str:
+        return "pytorch-fp32" if self.model is not None else "onnx-fp32 (as given)"
 
 
 @dataclass
 class OnnxModel:
     path: Path
-    prepared: ResNet  # the module the ONNX was exported from
+    prepared: ResNet | None  # the module the ONNX was exported from (None for an ONNX input)
     info: dict
 
 
@@ -76,39 +93,179 @@ class TensorRTReady:
 
 
 def load_model(config: ExportConfig) -> LoadedModel:
-    """The checkpoint's model (or an untrained one, saved so the benchmarks' PyTorch peers run it too)."""
-    if config.checkpoint is not None:
-        model, ckpt = load_checkpoint(config.checkpoint, config.arch)
-        arch, meta, weights, checkpoint = ckpt["arch"], ckpt.get("meta", {}), "trained", config.checkpoint
-    else:
-        torch.manual_seed(config.seed)
-        arch, meta, weights = config.arch, {}, RANDOM_WEIGHTS
-        model = build(arch).eval()
-        _calibrate_random_bn(model, arch_spec(arch).dataset.input_shape)
-        checkpoint = save_checkpoint(
-            config.out / "random_weights.pt", model, arch, shortcut=arch_spec(arch).shortcut, meta={"weights": weights}
+    """The model to export and its contract, from a checkpoint (ours or another code's), an ONNX file, or
+    untrained weights; every contract field with where it came from, and the labels."""
+    preset = PRESETS.get(config.preset) if config.preset else None
+    module, imported, meta, ckpt = None, None, {}, None
+    if config.onnx is not None:
+        imported = import_onnx(config.onnx, config.out, config.threads)
+        arch, weights, source, kind = None, "as exported elsewhere (ONNX)", config.onnx, "onnx"
+        contract = resolve(
+            config.contract,
+            num_classes=imported.num_classes,
+            num_classes_source="the ONNX graph's output",
+            default=preset,
+            default_source=f"--preset {config.preset}",
+            known={"image_size": (imported.image_size, "the ONNX graph's input")},
         )
-    spec = arch_spec(arch).dataset
-    labels = spec.labels(config.labels)
+    else:
+        if config.checkpoint is not None:
+            module, ckpt = load_checkpoint(
+                config.checkpoint,
+                config.arch,
+                weights_key=config.weights_key,
+                num_classes=config.contract.num_classes,
+                option_a=config.option_a,
+            )
+            arch, meta, source, kind, weights = (
+                ckpt["arch"],
+                ckpt["meta"],
+                config.checkpoint,
+                ckpt["import"].form,
+                "trained",
+            )
+            for line in ckpt["import"].lines():
+                log.info("%s: %s", config.checkpoint, line)
+            classes, classes_source = ckpt["num_classes"], "the checkpoint's head"
+        else:
+            arch, weights, kind = config.arch, RANDOM_WEIGHTS, "random"
+            classes = config.contract.num_classes or arch_spec(arch).dataset.num_classes
+            classes_source = "--num-classes" if config.contract.num_classes else f"the {arch} architecture's default"
+        default = preset or arch_spec(arch).dataset
+        contract = resolve(
+            config.contract,
+            num_classes=classes,
+            num_classes_source=classes_source,
+            stored=meta.get("contract"),
+            default=default,
+            default_source=f"--preset {config.preset}"
+            if preset
+            else f"the {arch} architecture's default ({default.name})",
+        )
+        if module is None:
+            torch.manual_seed(config.seed)
+            option_a = config.option_a if arch_spec(arch).shortcut == "A" else None
+            module = build(arch, num_classes=classes, **({"option_a": option_a} if option_a else {})).eval()
+            _calibrate_random_bn(module, contract.spec.input_shape)
+            source = config.out / "random_weights.pt"
+        if kind != "resnet-serve checkpoint":
+            # saved as a resnet-serve checkpoint (contract included), so the benchmarks' PyTorch peers run it too
+            source_meta = {"contract": contract.spec.as_parameters(), "weights": weights, "imported_from": str(source)}
+            saved = save_checkpoint(
+                config.out / ("random_weights.pt" if kind == "random" else "model.pt"),
+                module,
+                arch,
+                shortcut=module.shortcut,
+                meta=source_meta,
+            )
+        else:
+            saved = config.checkpoint
+    spec = contract.spec
+    if config.labels is not None:
+        labels, labels_source = read_labels(config.labels, spec.num_classes), str(config.labels)
+    else:
+        labels = spec.default_labels()
+        labels_source = (
+            "CIFAR-10's class names"
+            if labels[0] == "airplane"
+            else f"none given: class_0 .. class_{spec.num_classes - 1}"
+        )
     (config.out / LABELS_FILE).write_text("\n".join(labels) + "\n")
+    name = config.name or arch or _model_name(Path(source).stem)
     record = ModelRecord(
+        name=name,
         arch=arch,
         weights=weights,
-        checkpoint=str(checkpoint),
-        checkpoint_sha256=file_sha256(checkpoint),
+        source=str(source),
+        source_sha256=file_sha256(source),
+        source_kind=kind,
+        checkpoint=str(saved) if module is not None else None,
         contract=spec.as_parameters(),
+        contract_sources=contract.sources,
+        labels_source=labels_source,
+        option_a=module.option_a if module is not None else None,
+        option_a_source=(
+            ckpt["option_a_source"] if ckpt else "--option-a" if config.option_a else "the default (after)"
+        )
+        if module is not None and module.option_a
+        else None,
+        import_report=ckpt["import"].as_dict() if ckpt else None,
         checkpoint_test_top1=meta.get("test", {}).get("top1"),
     )
     log.info(
-        "model: %s (%s weights), input float32 [N, %s]",
-        arch,
-        weights.split(" ")[0],
-        ", ".join(map(str, spec.input_shape)),
+        "model %s: %s (%s), input float32 [N, %s]", name, arch or "ONNX", kind, ", ".join(map(str, spec.input_shape))
     )
-    return LoadedModel(model, spec, labels, record)
+    for line in contract.lines():
+        log.info("contract: %s", line)
+    assumed = [k for k, v in contract.sources.items() if "default" in v]
+    if kind not in ("resnet-serve checkpoint", "random") and assumed:
+        log.warning(
+            "%s states no %s: assumed from %s; pass %s if the model was trained with other values",
+            source,
+            ", ".join(assumed),
+            contract.sources[assumed[0]],
+            ", ".join(FLAGS[a] for a in assumed if a in FLAGS),
+        )
+    return LoadedModel(spec, labels, record, module, imported)
+
+
+def _model_name(stem: str) -> str:
+    """A Triton model name from a file name: letters, digits and '_' only."""
+    cleaned = re.sub(r"[^A-Za-z0-9_]+", "_", stem).strip("_").lower()
+    return cleaned if cleaned and cleaned[0].isalpha() else f"model_{cleaned}"
+
+
+def check_option_a(config: ExportConfig, loaded: LoadedModel) -> dict | str | None:
+    """Both option-A variants' top-1 on the labelled evaluation data; an error when the declared variant is
+    clearly worse (the checkpoint was most likely trained with the other)."""
+    model = loaded.model
+    if model is None or model.option_a is None:
+        return None
+    data = eval_data(config, loaded.spec) if config.evaluate else None
+    if data is None:
+        if loaded.record.option_a_source == "--option-a":
+            log.warning("option-A zeros %r not checked: no labelled evaluation data (pass --eval-data)", model.option_a)
+        return "not checked: no labelled evaluation data"
+    images, labels, classes, source = data
+    other = "split" if model.option_a == "after" else "after"
+    flipped = copy.deepcopy(model)
+    for module in flipped.modules():
+        if isinstance(module, ZeroPadShortcut):
+            module.padding = other
+    top1 = {}
+    for variant, net in ((model.option_a, model), (other, flipped)):
+        logits = TorchEngine(net, loaded.record.arch, threads=config.threads, spec=loaded.spec).infer_all(images)
+        top1[variant] = accuracy_report(logits, labels, classes)["top1"]
+    result = {
+        "declared": model.option_a,
+        "declared_top1": top1[model.option_a],
+        "other": other,
+        "other_top1": top1[other],
+        "n": int(len(labels)),
+        "source": str(source),
+    }
+    log.info(
+        "option-A zeros %s: top-1 %.2f%%; zeros %s: %.2f%% (%d labelled images)",
+        model.option_a,
+        top1[model.option_a],
+        other,
+        top1[other],
+        len(labels),
+    )
+    declared = model.option_a
+    if top1[other] - top1[declared] > OPTION_A_MARGIN:
+        raise ExportError(
+            f"the declared option-A zeros {declared!r} ({loaded.record.option_a_source}) give "
+            f"{top1[declared]:.2f}% top-1 on {len(labels)} labelled images, but {other!r} gives "
+            f"{top1[other]:.2f}%: the checkpoint was most likely trained with zeros {other!r}; "
+            f"pass --option-a {other}"
+        )
+    return result
 
 
 def export_to_onnx(loaded: LoadedModel, out: Path) -> OnnxModel:
+    if loaded.onnx is not None:  # already normalised by import_onnx
+        return OnnxModel(loaded.onnx.path, None, {**loaded.onnx.info, "ops": dict(op_counts(loaded.onnx.path))})
     prepared = prepare_for_export(loaded.model)
     probe = torch.randn(8, *loaded.spec.input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -153,21 +310,35 @@ def build_tensorrt_ready(ctx: BuildContext) -> tuple[TensorRTReady | None, list[
     return ready, candidates
 
 
+_EVAL_CACHE: dict[tuple, tuple] = {}
+
+
 def eval_data(config: ExportConfig, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray, list[str], Path] | None:
-    """The labelled evaluation images (normalized float32 NCHW), labels, class names and their source."""
+    """The labelled evaluation images (float32 NCHW, preprocessed by the contract), labels, class names and
+    their source: --eval-data, else for a 10-class CIFAR-10 model the CIFAR-10 test split if present."""
     directory = config.eval_data
-    if directory is None and spec.name == "cifar10":
+    cifar = spec.name == "cifar10" and spec.num_classes == 10
+    if directory is None and cifar:
         default = settings.cifar_dir()
         if (default / "test").is_dir() or find_cifar_batches(default) is not None:
             directory = default
     if directory is None:
         return None
-    data = load_cifar10(directory, "test") if spec.name == "cifar10" else load_image_folder_arrays(directory, spec)
-    images, labels = data.images, data.labels
-    if config.eval_limit:
-        keep = np.sort(np.random.default_rng(config.seed).permutation(len(labels))[: config.eval_limit])
-        images, labels = images[keep], labels[keep]
-    return normalize(images, spec), labels, data.classes, Path(directory)
+    key = (str(directory), spec, config.eval_limit, config.seed)
+    if key not in _EVAL_CACHE:
+        if cifar:
+            data = load_cifar10(directory, "test")  # 32x32 pixels: cropped and resized only if the contract says so
+            if (spec.image_size, spec.resize_size) != (32, 32):
+                data.images = np.stack([resize_center_crop(Image.fromarray(x), spec) for x in data.images])
+        else:
+            data = load_image_folder_arrays(directory, spec)
+        images, labels = data.images, data.labels
+        if config.eval_limit:
+            keep = np.sort(np.random.default_rng(config.seed).permutation(len(labels))[: config.eval_limit])
+            images, labels = images[keep], labels[keep]
+        _EVAL_CACHE.clear()  # one evaluation set at a time: they can be large
+        _EVAL_CACHE[key] = (normalize(images, spec), labels, data.classes, Path(directory))
+    return _EVAL_CACHE[key]
 
 
 def evaluate(
@@ -177,16 +348,19 @@ def evaluate(
     tensorrt: TensorRTReady | None,
     candidates: list[Candidate],
 ) -> tuple[dict | str, dict]:
-    """Accuracy and parity of every engine (and calibration candidate) against PyTorch FP32."""
+    """Accuracy and parity of every engine (and calibration candidate) against the FP32 reference."""
     data = eval_data(config, loaded.spec)
     if data is None:
         return "skipped: no evaluation data (pass --eval-data)", {}
     images, labels, classes, source = data
-    reference = TorchEngine(loaded.model, loaded.record.arch, threads=config.threads).infer_all(images)
-    results = {
-        "pytorch-fp32": {**accuracy_report(reference, labels, classes), "engine": "pytorch", "precision": "fp32"}
+    ref_engine = loaded.reference(config.threads)
+    reference = ref_engine.infer_all(images)
+    base = {
+        **accuracy_report(reference, labels, classes),
+        "engine": ref_engine.info()["engine"],
+        "precision": "fp32",
     }
-    base = results["pytorch-fp32"]
+    results = {loaded.reference_name: base}
     engines = [(a.name, lambda a=a: load_engine(a.path, threads=config.threads)) for a in artifacts if a.runnable]
     engines += [
         (c.label, lambda c=c: OnnxRuntimeEngine(c.path, threads=config.threads, optimization=c.optimization))
@@ -240,16 +414,18 @@ def fusion_report(
     reports = config.out / "reports"
     source = fusion.source_graph(onnx_model.path)
     adds = len(source["adds"])
-    rows = [
-        fusion.GraphCounts(
+    rows = []
+    if loaded.model is not None:
+        module = fusion.GraphCounts(
             "pytorch module (before export)",
             convs=sum(isinstance(m, torch.nn.Conv2d) for m in loaded.model.modules()),
             batchnorm=onnx_model.info["batchnorm_modules_in_pytorch"],
             residual_adds_in_source=adds,
             is_source=True,
         )
-    ]
-    exported = fusion.onnx_graph_counts(onnx_model.path, "exported ONNX (unoptimized)", adds)
+        rows.append(module)
+    label = "exported ONNX (unoptimized)" if loaded.model is not None else "the ONNX as given (unoptimized)"
+    exported = fusion.onnx_graph_counts(onnx_model.path, label, adds)
     exported.is_source = True
     rows.append(exported)
 
@@ -288,9 +464,10 @@ def run_export(config: ExportConfig) -> ExportSummary:
         return result
 
     loaded = timed("load_model", load_model, config)
+    option_a_check = timed("check_option_a", check_option_a, config, loaded)
     onnx_model = timed("export_onnx", export_to_onnx, loaded, out)
     fallbacks: list[dict] = []
-    reference = TorchEngine(loaded.model, loaded.record.arch, threads=config.threads).infer_all
+    reference = loaded.reference(config.threads).infer_all
     calibration = Calibration(config, loaded.spec, onnx_model.path, reference, fallbacks)
     ctx = BuildContext(
         config,
@@ -326,6 +503,7 @@ def run_export(config: ExportConfig) -> ExportSummary:
         artifacts=artifacts,
         skipped=[s.as_dict() for s in skipped],
         fallbacks=fallbacks,
+        option_a_check=option_a_check,
         onnx=onnx_model.info,
         tensorrt=tensorrt.as_dict() if tensorrt else None,
         accuracy=accuracy,

@@ -65,10 +65,25 @@ class Profile:
     classifier_threads: int | None  # engine threads per classifier instance (None: all cores)
     preprocess_instances: int
     input_dtype: str  # TYPE_FP32 (normalised CHW) or TYPE_UINT8 (HWC pixels, normalised in the classifier)
-    max_batch_size: dict[str, int] = field(default_factory=dict)  # per dataset
+    # per input size: "small" (CIFAR-sized, up to SMALL_INPUT px) and "large" (ImageNet-sized) inputs
+    max_batch_size: dict[str, int] = field(default_factory=dict)
     preferred_batch_sizes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     max_queue_delay_us: int = 1000
     device: str = "cpu"
+
+    def max_batch(self, spec: DatasetSpec) -> int:
+        return self.max_batch_size[size_class(spec)]
+
+    def preferred(self, spec: DatasetSpec) -> tuple[int, ...]:
+        return self.preferred_batch_sizes[size_class(spec)]
+
+
+SMALL_INPUT = 64
+
+
+def size_class(spec: DatasetSpec) -> str:
+    """Batching settings follow the input size: a 32 px image is ~50x cheaper than a 224 px one."""
+    return "small" if spec.image_size <= SMALL_INPUT else "large"
 
 
 # Measured on the 2-core CPU machine (resnet-serve sweep; README "Serving"): one classifier
@@ -82,8 +97,8 @@ CPU_PROFILE = Profile(
     classifier_threads=2,
     preprocess_instances=1,
     input_dtype="TYPE_UINT8",
-    max_batch_size={"cifar10": 256, "imagenet": 32},
-    preferred_batch_sizes={"cifar10": (16, 64), "imagenet": (8, 16)},
+    max_batch_size={"small": 256, "large": 32},
+    preferred_batch_sizes={"small": (16, 64), "large": (8, 16)},
     max_queue_delay_us=0,
 )
 
@@ -95,8 +110,8 @@ GPU_PROFILE = replace(
     classifier_threads=None,
     preprocess_instances=4,
     input_dtype="TYPE_FP32",
-    max_batch_size={"cifar10": 1024, "imagenet": 256},
-    preferred_batch_sizes={"cifar10": (256, 1024), "imagenet": (64, 256)},
+    max_batch_size={"small": 1024, "large": 256},
+    preferred_batch_sizes={"small": (256, 1024), "large": (64, 256)},
     max_queue_delay_us=1000,
     device="cuda",
 )
@@ -128,9 +143,9 @@ def _logits(num_classes: int) -> mc.ModelOutput:
     return mc.ModelOutput(name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[num_classes], label_filename=LABELS_FILE)
 
 
-def _batching(profile: Profile, dataset: str) -> mc.ModelDynamicBatching:
+def _batching(profile: Profile, spec: DatasetSpec) -> mc.ModelDynamicBatching:
     return mc.ModelDynamicBatching(
-        preferred_batch_size=list(profile.preferred_batch_sizes[dataset]),
+        preferred_batch_size=list(profile.preferred(spec)),
         max_queue_delay_microseconds=profile.max_queue_delay_us,
     )
 
@@ -154,16 +169,16 @@ def classifier_config(name: str, spec: DatasetSpec, num_classes: int, profile: P
         **({"FORCE_CPU_ONLY_INPUT_TENSORS": "no"} if profile.device == "cuda" else {}),
         **spec.as_parameters(),
     }
-    largest = max(profile.preferred_batch_sizes[spec.name])
+    largest = max(profile.preferred(spec))
     return _base(
         name,
-        profile.max_batch_size[spec.name],
+        profile.max_batch(spec),
         parameters,
         backend="python",
         input=[_input(INPUT_NAME, profile.input_dtype, dims)],
         output=[_logits(num_classes)],
         instance_group=_instances(profile.classifier_instances, profile.instance_kind),
-        dynamic_batching=_batching(profile, spec.name),
+        dynamic_batching=_batching(profile, spec),
         model_warmup=[
             _warmup(f"sample_batch_{bs}", bs, INPUT_NAME, profile.input_dtype, dims) for bs in sorted({1, largest})
         ],
@@ -181,14 +196,14 @@ def tensorrt_config(name: str, spec: DatasetSpec, num_classes: int, profile: Pro
         output=[_logits(num_classes)],
         # the plan's optimization profile 0 covers batch 1..max_batch (see tensorrt/recipe.json)
         instance_group=_instances(1, "KIND_GPU", profile=["0"]),
-        dynamic_batching=_batching(profile, spec.name),
+        dynamic_batching=_batching(profile, spec),
     )
 
 
 def preprocess_config(name: str, spec: DatasetSpec, profile: Profile) -> mc.ModelConfig:
     return _base(
         name,
-        profile.max_batch_size[spec.name],
+        profile.max_batch(spec),
         spec.as_parameters(),
         backend="python",
         input=[_input(IMAGE_BYTES_NAME, "TYPE_STRING", [1])],
@@ -201,7 +216,7 @@ def preprocess_config(name: str, spec: DatasetSpec, profile: Profile) -> mc.Mode
         ],
         # image decoding is CPU work whatever the profile
         instance_group=_instances(profile.preprocess_instances, "KIND_CPU"),
-        dynamic_batching=_batching(profile, spec.name),
+        dynamic_batching=_batching(profile, spec),
         model_warmup=[_warmup("sample_image", 1, IMAGE_BYTES_NAME, "TYPE_STRING", [1])],
     )
 
@@ -211,7 +226,7 @@ def ensemble_config(
 ) -> mc.ModelConfig:
     config = _base(
         name,
-        profile.max_batch_size[spec.name],
+        profile.max_batch(spec),
         spec.as_parameters(),
         platform="ensemble",
         input=[_input(IMAGE_BYTES_NAME, "TYPE_STRING", [1])],
@@ -270,7 +285,7 @@ def write_repository(
     profile = PROFILES[profile] if isinstance(profile, str) else profile
     repository = Path(repository)
     summary = ExportSummary.load(export_dir)
-    arch, spec = summary.model.arch, summary.model.spec
+    arch, spec = summary.model.name, summary.model.spec
     labels = (Path(export_dir) / LABELS_FILE).read_text()
     num_classes = len(labels.splitlines())
     sample = sample_image.read_bytes() if sample_image else _synthetic_jpeg(spec)
@@ -278,7 +293,7 @@ def write_repository(
     tensor = pixels if profile.input_dtype == "TYPE_UINT8" else normalize(pixels, spec)
     repository.mkdir(parents=True, exist_ok=True)
 
-    preprocess = index.preprocess_model(spec.name)
+    preprocess = index.preprocess_model(spec)
     directory = _write_model(repository, preprocess_config(preprocess, spec, profile), kind="preprocess")
     (directory / "warmup").mkdir()
     (directory / "warmup" / "sample").write_bytes(_length_prefixed(sample))

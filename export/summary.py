@@ -30,16 +30,26 @@ def file_sha256(path: str | Path) -> str:
 
 @dataclass
 class ModelRecord:
-    arch: str
-    weights: str  # "trained", or "random (...)"
-    checkpoint: str
-    checkpoint_sha256: str
-    contract: dict[str, str]  # DatasetSpec.as_parameters(): dataset, classes, input and resize size, mean/std
+    """The model an export started from, its contract, and where every fact came from."""
+
+    name: str  # the served model's name (the architecture's, or the user's)
+    arch: str | None  # None for an ONNX input
+    weights: str  # "trained", "random (...)", "as exported elsewhere (ONNX)"
+    source: str  # the file the user gave (hashed: engines are stale when it changes)
+    source_sha256: str
+    source_kind: str  # resnet-serve checkpoint | bare state_dict | training checkpoint (...) | onnx | random
+    checkpoint: str | None  # a resnet-serve checkpoint the PyTorch peers load (None for an ONNX input)
+    contract: dict[str, str]  # DatasetSpec.as_parameters(): dataset, classes, sizes, interpolation, mean/std
+    contract_sources: dict[str, str] = field(default_factory=dict)  # contract field -> where it came from
+    labels_source: str = ""
+    option_a: str | None = None  # where option-A shortcuts put their zero channels (after | split)
+    option_a_source: str | None = None
+    import_report: dict | None = None  # how a checkpoint's weights were found and matched
     checkpoint_test_top1: float | None = None
 
     @property
     def spec(self) -> DatasetSpec:
-        return DatasetSpec.from_parameters(self.contract, f"export of {self.arch}")
+        return DatasetSpec.from_parameters(self.contract, f"export of {self.name}")
 
     @property
     def dataset(self) -> str:
@@ -71,6 +81,7 @@ class ExportSummary:
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # engine x precision not built, with the reason
     fallbacks: list[dict] = field(default_factory=list)  # a step that did something other than asked, and why
+    option_a_check: dict | str | None = None  # both option-A variants' accuracy, where labelled data allowed
     onnx: dict = field(default_factory=dict)
     tensorrt: dict | None = None
     accuracy: dict | str | None = None  # results per engine, or why accuracy was not measured
@@ -92,11 +103,11 @@ class ExportSummary:
 
     def stale_reason(self) -> str | None:
         """Why these engines no longer match their checkpoint, or None if they do."""
-        checkpoint = Path(self.model.checkpoint)
-        if not checkpoint.is_file():
-            return f"its checkpoint {checkpoint} is gone"
-        if self.model.checkpoint_sha256 != file_sha256(checkpoint):
-            return f"{checkpoint} changed since the engines were exported"
+        source = Path(self.model.source)
+        if not source.is_file():
+            return f"its source {source} is gone"
+        if self.model.source_sha256 != file_sha256(source):
+            return f"{source} changed since the engines were exported"
         return None
 
     def to_json(self) -> dict:

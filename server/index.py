@@ -6,11 +6,14 @@ files at the top of a repository, so the index travels with the models it descri
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from resnet_serve.errors import ResnetServeError
+from resnet_serve.resnets.spec import DATASETS, DatasetSpec
 
 INDEX_FILE = "index.json"
 FORMAT = "resnet-serve-repository-index/1"
@@ -25,8 +28,13 @@ def engine_key(engine: str, precision: str) -> str:
     return f"{engine}-{precision}"
 
 
-def preprocess_model(dataset: str) -> str:
-    return f"preprocess_{dataset}"
+def preprocess_model(spec: DatasetSpec) -> str:
+    """``preprocess_<dataset>`` for a registered dataset's own contract; models whose contract differs
+    (other classes, sizes, mean/std) get their own preprocess model, named by a hash of the contract."""
+    if DATASETS.get(spec.name) == spec:
+        return f"preprocess_{spec.name}"
+    digest = hashlib.sha256(json.dumps(spec.as_parameters(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"preprocess_{re.sub(r'[^A-Za-z0-9_]+', '_', spec.name)}_{digest}"
 
 
 def ensemble_model(arch: str, engine: str, precision: str) -> str:
