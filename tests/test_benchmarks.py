@@ -248,10 +248,19 @@ def test_engines_exported_from_an_older_checkpoint_are_rebuilt(tmp_path):
     checkpoint = tmp_path / "resnet20.pt"
     checkpoint.write_bytes(b"weights v1")
     assert stale_export(tmp_path) == "no exported engines"
-    record = ModelRecord("resnet20", "trained", str(checkpoint), file_sha256(checkpoint), CIFAR10.as_parameters())
+    record = ModelRecord(
+        name="resnet20",
+        arch="resnet20",
+        weights="trained",
+        source=str(checkpoint),
+        source_sha256=file_sha256(checkpoint),
+        source_kind="resnet-serve checkpoint",
+        checkpoint=str(checkpoint),
+        contract=CIFAR10.as_parameters(),
+    )
     ExportSummary(model=record, out=tmp_path).save()
     assert stale_export(tmp_path) is None
     checkpoint.write_bytes(b"weights v2")  # retrained: the engines no longer run these weights
     assert stale_export(tmp_path) == f"{checkpoint} changed since the engines were exported"
     checkpoint.unlink()
-    assert "is gone" in stale_export(tmp_path)
+    assert stale_export(tmp_path) == f"its source {checkpoint} is gone"

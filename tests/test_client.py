@@ -43,7 +43,7 @@ def test_grpc_and_http_give_identical_predictions_in_the_right_order(triton, cif
         by_http = http_clf.classify(files, top_k=5)
     assert by_grpc == by_http
     logits = offline_logits(offline_fp32, files)
-    labels = CIFAR10.labels()
+    labels = CIFAR10.default_labels()
     for predictions, row in zip(by_grpc, logits, strict=True):
         assert [p.index for p in predictions] == list(np.argsort(-row)[:5])
         assert [p.label for p in predictions] == [labels[p.index] for p in predictions]

@@ -213,7 +213,9 @@ def test_bad_inputs_get_clear_errors(tmp_path, caplog, resnet20_checkpoint):
     code, text = run_cli(["--checkpoint", str(tmp_path / "missing.pt"), "--out", out], caplog)
     assert code == 2 and "not found" in text
     torch.save(resnets.build("resnet32").state_dict(), tmp_path / "r32.pt")
-    code, text = run_cli(["--checkpoint", str(tmp_path / "r32.pt"), "--arch", "resnet20", "--out", out], caplog)
+    code, text = run_cli(
+        ["--checkpoint", str(tmp_path / "r32.pt"), "--arch", "resnet20", "--option-a", "after", "--out", out], caplog
+    )
     assert code == 2 and "does not fit resnet20" in text
     code, text = run_cli(["--checkpoint", str(resnet20_checkpoint), "--engines", "tensorflow", "--out", out], caplog)
     assert code == 2 and "unknown engine(s) tensorflow; choose from gpu, onnxruntime, openvino, tensorrt" in text

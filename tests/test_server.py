@@ -84,7 +84,7 @@ def test_top5_labels_through_class_count(triton, default_repository, cifar_jpg):
     logits = offline.infer(np.stack([preprocess(b, CIFAR10) for b in images]))
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     top5 = classify(client, grpcclient, "resnet20_onnxruntime_fp32", images, class_count=5)
-    labels = CIFAR10.labels()
+    labels = CIFAR10.default_labels()
     for row, expected in zip(top5, logits, strict=True):
         entries = [entry.decode().split(":") for entry in row]
         scores = [float(s) for s, _, _ in entries]

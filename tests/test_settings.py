@@ -41,7 +41,7 @@ def test_a_missing_or_malformed_contract_is_named():
         DatasetSpec.from_parameters({k: v for k, v in params.items() if k not in ("mean", "std")}, "model 'x'")
     with pytest.raises(ContractError, match="malformed preprocessing parameter"):
         DatasetSpec.from_parameters({**params, "image_size": "thirty-two"})
-    with pytest.raises(ContractError, match="mean and std need 3 values each"):
+    with pytest.raises(ContractError, match=r"std \(0.2, 0.2\) \(need 3 values each, std above 0\)"):
         DatasetSpec.from_parameters({**params, "std": "0.2,0.2"})
 
 
