@@ -135,11 +135,13 @@ class CudaTorchEngine(Engine):
         graph.replay()
         return static_out
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to("cuda", self.dtype).contiguous(memory_format=torch.channels_last)
+    def infer_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 NCHW on the GPU -> logits on the GPU (what device-side timings measure)."""
+        x = x.to("cuda", self.dtype).contiguous(memory_format=torch.channels_last)
         if self.mode == "cuda-graph":
-            out = self._graph(x)
-        else:
-            with torch.inference_mode():
-                out = self.forward(x)
-        return out.float().cpu().numpy()
+            return self._graph(x)
+        with torch.inference_mode():
+            return self.forward(x)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.infer_torch(torch.from_numpy(batch)).float().cpu().numpy()

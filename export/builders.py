@@ -141,6 +141,7 @@ def build_gpu(ctx: BuildContext, precision: str) -> Built | Skip:
     if ctx.prepared is None:
         return Skip("gpu", precision, "the GPU engine plans a PyTorch ResNet; an ONNX input has no module to plan")
     require("triton", "pip install triton (the GPU engine's kernels are Triton-lang)")
+    from resnet_serve.engines.gpu.kernels import CANDIDATE_CONFIGS, QUICK_CONFIGS
     from resnet_serve.export.gpu_build import CALIBRATION_METHODS, build_gpu_engine
 
     calibration = ctx.calibration.images()[0] if precision == "int8" else None
@@ -164,6 +165,8 @@ def build_gpu(ctx: BuildContext, precision: str) -> Built | Skip:
         calibration=calibration,
         method=method,
         max_batch=ctx.config.max_batch,
+        candidates=QUICK_CONFIGS if ctx.config.gpu_tune == "quick" else CANDIDATE_CONFIGS,
+        tune_rep_ms=8 if ctx.config.gpu_tune == "quick" else 20,
     )
     if not plan.autotuned:
         ctx.fallbacks.append(

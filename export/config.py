@@ -55,6 +55,7 @@ class ExportConfig:
     max_batch: int = 256  # TensorRT optimization profile: batch 1..max_batch, tuned for max_batch // 4
     labels: Path | None = None  # ImageNet class index JSON
     seed: int = 0
+    gpu_tune: str = "full"  # the GPU engine's autotuning: "full" (every candidate tile) or "quick" (four)
 
     @property
     def opt_batch(self) -> int:
@@ -95,5 +96,7 @@ class ExportConfig:
             )
         if self.device not in ("cpu", "cuda"):
             raise ExportConfigError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.gpu_tune not in ("full", "quick"):
+            raise ExportConfigError(f"gpu_tune must be full or quick, got {self.gpu_tune!r}")
         if self.max_batch < 1:
             raise ExportConfigError(f"--max-batch must be at least 1, got {self.max_batch}")

@@ -247,7 +247,9 @@ def default_tiles(reason: str) -> dict[str, Tiles]:
     }
 
 
-def autotune(engine: GpuEngine, batch_sizes: dict[str, int]) -> None:
+def autotune(
+    engine: GpuEngine, batch_sizes: dict[str, int], candidates: list[dict] | None = None, rep_ms: int = 20
+) -> None:
     """Time every candidate tile configuration of every conv, per batch class; keep the fastest.
 
     A candidate that does not compile or run (shared memory, register pressure) is recorded with the
@@ -261,11 +263,15 @@ def autotune(engine: GpuEngine, batch_sizes: dict[str, int]) -> None:
         for op in engine.plan.convs:
             failures: dict[str, str] = {}
             best, best_ms = None, math.inf
-            for cfg in CANDIDATE_CONFIGS:
+            for cfg in candidates or CANDIDATE_CONFIGS:
                 key = "x".join(str(cfg[k]) for k in ("BM", "BN", "BK", "num_warps", "num_stages"))
                 try:
                     ms = float(
-                        do_bench(lambda cfg=cfg, op=op, bucket=bucket: engine.conv(op, bucket, cfg), warmup=5, rep=20)
+                        do_bench(
+                            lambda cfg=cfg, op=op, bucket=bucket: engine.conv(op, bucket, cfg),
+                            warmup=max(1, rep_ms // 4),
+                            rep=rep_ms,
+                        )
                     )
                 except Exception as exc:  # noqa: BLE001 - the compiler's reason is recorded per candidate
                     failures[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
@@ -293,8 +299,11 @@ def build_gpu_engine(
     method: str = "minmax",
     max_batch: int = 1024,
     device: str | None = None,
+    candidates: list[dict] | None = None,
+    tune_rep_ms: int = 20,
 ) -> Plan:
-    """Plan, calibrate (INT8), autotune (on CUDA) and save a GPU engine into ``out_dir``."""
+    """Plan, calibrate (INT8), autotune (on CUDA; ``candidates``: the tile configurations to try, default
+    all of CANDIDATE_CONFIGS) and save a GPU engine into ``out_dir``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     amax = activation_amax(prepared, calibration, method, device) if precision == "int8" else None
@@ -308,7 +317,8 @@ def build_gpu_engine(
             op.tiles = {label: Tiles(config=dict(DEFAULT_CONFIG), tuned=False) for label in BATCH_CLASSES}
         plan.save(out_dir)
         engine = GpuEngine(out_dir, device="cuda", use_cuda_graph=False)
-        autotune(engine, {label: min(max_batch, batch) for label, batch in TUNE_BATCHES.items()})
+        tune = {label: min(max_batch, batch) for label, batch in TUNE_BATCHES.items()}
+        autotune(engine, tune, candidates, tune_rep_ms)
         plan = engine.plan
     else:
         for op in plan.convs:

@@ -70,7 +70,7 @@ class LoadedModel:
 
 @dataclass
 class OnnxModel:
-    path: Path
+    path: Path | None  # None: not exported (no engine of this export reads ONNX)
     prepared: ResNet | None  # the module the ONNX was exported from (None for an ONNX input)
     info: dict
 
@@ -263,10 +263,14 @@ def check_option_a(config: ExportConfig, loaded: LoadedModel) -> dict | str | No
     return result
 
 
-def export_to_onnx(loaded: LoadedModel, out: Path) -> OnnxModel:
+def export_to_onnx(loaded: LoadedModel, out: Path, needed: bool = True) -> OnnxModel:
+    """The prepared module (BN folded, option A as a conv) and its ONNX graph; the graph only where an
+    engine of this export reads it (a GPU-engine-only export plans the module directly)."""
     if loaded.onnx is not None:  # already normalised by import_onnx
         return OnnxModel(loaded.onnx.path, None, {**loaded.onnx.info, "ops": dict(op_counts(loaded.onnx.path))})
     prepared = prepare_for_export(loaded.model)
+    if not needed:
+        return OnnxModel(None, prepared, {"skipped": "no engine of this export reads ONNX"})
     probe = torch.randn(8, *loaded.spec.input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         rewrite_diff = (loaded.model(probe) - prepared(probe)).abs().max().item()
@@ -411,6 +415,8 @@ def fusion_report(
     config: ExportConfig, loaded: LoadedModel, onnx_model: OnnxModel, artifacts, tensorrt: TensorRTReady | None
 ) -> list[dict]:
     """What each engine really runs, counted in its own optimized graph."""
+    if onnx_model.path is None:
+        return []
     reports = config.out / "reports"
     source = fusion.source_graph(onnx_model.path)
     adds = len(source["adds"])
@@ -465,7 +471,8 @@ def run_export(config: ExportConfig) -> ExportSummary:
 
     loaded = timed("load_model", load_model, config)
     option_a_check = timed("check_option_a", check_option_a, config, loaded)
-    onnx_model = timed("export_onnx", export_to_onnx, loaded, out)
+    needs_onnx = bool({"onnxruntime", "openvino", "tensorrt"} & set(config.engines)) or config.tensorrt_ready
+    onnx_model = timed("export_onnx", export_to_onnx, loaded, out, needs_onnx)
     fallbacks: list[dict] = []
     reference = loaded.reference(config.threads).infer_all
     calibration = Calibration(config, loaded.spec, onnx_model.path, reference, fallbacks)

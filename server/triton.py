@@ -52,15 +52,18 @@ class TritonInstall:
     stub: Path
 
     @classmethod
-    def find(cls) -> TritonInstall:
-        try:
-            import pytriton
-        except ImportError:
-            raise ServerError(
-                "the Triton server binary comes with nvidia-pytriton: pip install nvidia-pytriton "
-                "(or run scripts/setup.sh)"
-            ) from None
-        root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    def find(cls, root: Path | None = None) -> TritonInstall:
+        """The server in the installed nvidia-pytriton wheel, or at ``root`` (a ``tritonserver`` folder laid
+        out as in that wheel, with ``nvidia_pytriton.libs`` two levels up, e.g. one unpacked on a GPU host)."""
+        if root is None:
+            try:
+                import pytriton
+            except ImportError:
+                raise ServerError(
+                    "the Triton server binary comes with nvidia-pytriton: pip install nvidia-pytriton "
+                    "(or run scripts/setup.sh)"
+                ) from None
+            root = Path(pytriton.__file__).resolve().parent / "tritonserver"
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         install = cls(
             binary=root / "bin" / "tritonserver",
@@ -96,6 +99,7 @@ class ServerConfig:
     exit_timeout_s: int = 30
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    triton_root: Path | None = None  # a tritonserver folder other than the nvidia-pytriton wheel's
 
     def resolve_ports(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):
@@ -154,7 +158,10 @@ class TritonServer:
 
     def environment(self, install: TritonInstall) -> dict[str, str]:
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH")]))
+        # the stub links this Python's libpython: where it is outside the linker's default path (a Python
+        # built under /opt, say), this interpreter's LIBDIR holds it
+        libdir = sysconfig.get_config_var("LIBDIR")
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), libdir, env.get("LD_LIBRARY_PATH")]))
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         # the stub embeds the system libpython; point it at this environment's packages
         site = sysconfig.get_paths()["purelib"]
@@ -171,7 +178,7 @@ class TritonServer:
                 f"model repository {repo} does not exist; create one with "
                 "`python -m export --checkpoint ... --out ... --repository model_repository`"
             )
-        install = TritonInstall.find()
+        install = TritonInstall.find(cfg.triton_root)
         cfg.resolve_ports()
         self._workdir = tempfile.TemporaryDirectory(prefix="tritonserver-")
         backend_dir = Path(self._workdir.name) / "backends"
