@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads per engine (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (onnxruntime-gpu: CUDA/TensorRT providers)")
     p.add_argument("--max-batch", type=int, default=256, help="largest batch of the TensorRT profile")
+    p.add_argument(
+        "--gpu-tune",
+        choices=("full", "quick"),
+        default="full",
+        help="GPU engine autotuning: every candidate tile configuration, or four (a build with little time)",
+    )
     p.add_argument("--repository", type=Path, help="also write Triton models for these engines into this repository")
     p.add_argument(
         "--gpu",
@@ -156,6 +162,7 @@ def export(args) -> int:
         threads=args.threads,
         device=args.device,
         max_batch=args.max_batch,
+        gpu_tune=args.gpu_tune,
     )
     summary = run_export(config)
     if args.repository:
