@@ -39,6 +39,9 @@ CIFAR10_CLASSES = (
 # Decoding guards: a tiny file may declare a huge canvas (decompression bomb).
 MAX_IMAGE_PIXELS = 50_000_000  # about 7000 x 7000
 MIN_IMAGE_SIDE = 8  # smaller images carry no usable content for a 32x32 (or larger) network input
+# long side / short side: photos and panoramas stay well under it; a file of 8 x 6,000,000 pixels would make
+# the resize (which scales the short side up to the model's size) allocate gigabytes
+MAX_ASPECT_RATIO = 20
 
 
 ImageLike = Image.Image | bytes | np.ndarray  # encoded file bytes, a PIL image, or uint8 HWC pixels
@@ -209,7 +212,7 @@ def decode_image(data: bytes, *, source: str = "image") -> Image.Image:
         with Image.open(io.BytesIO(data)) as img:
             check_size(*img.size, source=source)  # from the header, before decoding any pixels
             img.load()  # decode now so truncated files fail here, not later
-            return to_rgb(img)
+            return to_rgb(img, source)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -226,7 +229,8 @@ def decode_image(data: bytes, *, source: str = "image") -> Image.Image:
 
 
 def check_size(width: int, height: int, *, source: str = "image") -> None:
-    """Refuse images too small to classify or too large to decode safely."""
+    """Refuse images too small to classify, too large to decode safely, or too elongated to resize safely
+    (checked from the header, before any pixel is decoded)."""
     if width * height > MAX_IMAGE_PIXELS:
         raise ImageError(
             f"{source}: declares {width}x{height} pixels, above the limit of {MAX_IMAGE_PIXELS:,} "
@@ -236,15 +240,23 @@ def check_size(width: int, height: int, *, source: str = "image") -> None:
         raise ImageError(
             f"{source}: is {width}x{height} pixels; images need at least {MIN_IMAGE_SIDE} pixels on each side"
         )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageError(
+            f"{source}: is {width}x{height} pixels, more than {MAX_ASPECT_RATIO}:1; crop it to the subject "
+            "before sending it"
+        )
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB."""
+def to_rgb(img: Image.Image, source: str = "image") -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; float images with NaN or infinite pixels are refused."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale to 8 bits instead of clipping
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit and float grayscale: scale to 8 bits instead of clipping
         arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{source}: has NaN or infinite pixel values; send an image with finite pixels")
+        arr = np.clip(arr, 0, None)
         peak = arr.max() if arr.size and arr.max() > 255 else 255.0
         img = Image.fromarray((arr * (255.0 / peak)).round().astype(np.uint8), mode="L")
     elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -298,7 +310,7 @@ def preprocess_pixels(image: ImageLike, spec: DatasetSpec, *, source: str = "ima
         image = array_to_image(image, source=source)
     elif isinstance(image, Image.Image):
         check_size(*image.size, source=source)
-        image = to_rgb(image)
+        image = to_rgb(image, source)
     else:
         raise ImageError(f"{source}: expected a PIL image, encoded bytes or a uint8 array, got {type(image).__name__}")
     return resize_center_crop(image, spec)

@@ -46,8 +46,20 @@ class TritonPythonModel:
     def execute(self, requests):
         if hasattr(self.engine, "infer_torch"):  # the GPU engine: tensors stay on the device (DLPack)
             return self._execute_dlpack(requests)
-        arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
-        counts = [len(a) for a in arrays]
+        responses: list = [None] * len(requests)
+        arrays, good = [], []
+        for i, request in enumerate(requests):
+            array = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            if array.dtype.kind == "f" and not np.isfinite(array).all():  # NaN/Inf logits would be labelled as a class
+                message = f"{self.input_name}: has NaN or infinite values; send finite, normalised pixels"
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+                )
+            else:
+                arrays.append(array)
+                good.append(i)
+        if not arrays:
+            return responses
         batch = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
         if self.spec is not None:
             batch = normalize(batch, self.spec)
@@ -55,12 +67,14 @@ class TritonPythonModel:
             logits = self.engine.infer(batch).astype(self.output_dtype, copy=False)
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the reason
             error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
-        responses, start = [], 0
-        for count in counts:
-            tensor = pb_utils.Tensor(self.output_name, logits[start : start + count])
-            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
-            start += count
+            for i in good:
+                responses[i] = pb_utils.InferenceResponse(error=error)
+            return responses
+        start = 0
+        for i, array in zip(good, arrays, strict=True):
+            tensor = pb_utils.Tensor(self.output_name, logits[start : start + len(array)])
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
+            start += len(array)
         return responses
 
     def _execute_dlpack(self, requests):

@@ -42,5 +42,11 @@ class TritonPythonModel:
                 error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
+            except MemoryError:  # an image within the size limits that still does not fit: only its request fails
+                message = "image: decoding it needs more memory than this server has free; send a smaller image"
+                responses.append(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+                )
+                continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)]))
         return responses
