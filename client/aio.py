@@ -9,6 +9,7 @@ control plane (model facts, shared-memory registration) runs on the sync ``Conne
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from resnet_serve.client.core import (
     Job,
     Prediction,
     RetryPolicy,
+    Security,
     predictions_or_raise,
     protocol_module,
     request_tensors,
@@ -42,16 +44,18 @@ class AsyncClassifier:
         *,
         timeout_s: float = 30.0,
         retries: int = 2,
+        wait_for_server_s: float = 60.0,
         batch_size: int | None = None,
         concurrency: int = 16,
         shared_memory: bool = False,
+        security: Security | None = None,
     ) -> AsyncClassifier:
         self = object.__new__(cls)
-        self.connection = Connection(url, protocol, timeout_s)
+        self.connection = Connection(url, protocol, timeout_s, security)
         self.protocol, self.url, self.model = protocol, self.connection.url, model
-        self.timeout_s, self.policy = timeout_s, RetryPolicy(retries)
+        self.timeout_s, self.policy = timeout_s, RetryPolicy(retries, wait_for_server_s)
         self.module = protocol_module(protocol, asynchronous=True)
-        self.client = self.module.InferenceServerClient(self.url)
+        self.client = self.connection.security.client(self.module, self.url, protocol)
         self.semaphore = asyncio.Semaphore(concurrency)
         self._shm, self._slots = None, asyncio.Queue()
         try:
@@ -79,14 +83,14 @@ class AsyncClassifier:
         return job.results
 
     async def send(self, call: Call, top_k: int):
-        attempt = 0
+        attempt, started = 0, time.monotonic()
         while True:
             try:
                 async with self.semaphore:
                     outcome = await self.infer(call.batch, top_k)
             except transport_errors() as exc:
                 outcome = exc
-            delay = self.policy.delay(outcome, attempt)
+            delay = self.policy.delay(outcome, attempt, time.monotonic() - started)
             if delay is None:
                 return settle(outcome, self.url, self.protocol)
             attempt += 1

@@ -7,13 +7,15 @@ The transports (``client/sync.py``, ``client/aio.py``) only send requests. No to
 from __future__ import annotations
 
 import enum
+import http.client
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from resnet_serve import settings
 from resnet_serve.errors import ExitCode, ResnetServeError, UsageError
 from resnet_serve.resnets.spec import (
     ContractError,
@@ -46,6 +48,14 @@ class ImageResult:
     source: str
     predictions: list[Prediction] | None = None
     error: str | None = None
+    unreachable: bool = False  # failed because the server could not be reached (after waiting for it)
+
+    def record(self) -> dict:
+        """The JSON-lines form (``--json``, ``--output``)."""
+        if self.ok:
+            predictions = [{"label": p.label, "index": p.index, "score": round(p.score, 6)} for p in self.predictions]
+            return {"image": self.source, "predictions": predictions}
+        return {"image": self.source, "error": self.error}
 
     @property
     def ok(self) -> bool:
@@ -118,6 +128,60 @@ def unreachable_message(url: str, protocol: str, exc: BaseException) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Security:
+    """What the client presents: the server's API key (sent with control-plane calls: the repository index,
+    shared-memory registration) and, for gRPC over TLS, the CA of the server's certificate and, for mutual
+    TLS, this client's certificate and key (PEM files)."""
+
+    api_key: str | None = field(default=None, repr=False)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @classmethod
+    def from_files(cls, key_file: str | Path | None = None, **tls) -> Security:
+        """The key in ``key_file``, else in the default key file where it exists and is readable."""
+        path = settings.api_key_file(key_file)
+        try:
+            key = path.read_text().strip() or None
+        except OSError as exc:
+            if key_file:  # asked for explicitly: say why it cannot be used
+                raise UsageError(f"cannot read the API key file {path}: {exc.strerror}") from None
+            key = None
+        return cls(key, **tls)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert or self.tls_key)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {settings.API_KEY_HEADER: self.api_key} if self.api_key else {}
+
+    def client(self, module, url: str, protocol: str, timeout_s: float | None = None):
+        """A tritonclient InferenceServerClient of ``module`` (grpc, http or their aio variants) for ``url``."""
+        if protocol == "http":
+            if self.tls:
+                raise UsageError("TLS options are for gRPC; over HTTP, put TLS in front of the server's proxy")
+            timeouts = {"connection_timeout": timeout_s, "network_timeout": timeout_s} if timeout_s else {}
+            return module.InferenceServerClient(url, **timeouts)
+        if not self.tls:
+            return module.InferenceServerClient(url)
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise UsageError("mutual TLS needs both a client certificate and its key")
+        for path in (self.tls_ca, self.tls_cert, self.tls_key):
+            if path is not None and not Path(path).is_file():
+                raise UsageError(f"TLS file {path} does not exist")
+        return module.InferenceServerClient(
+            url,
+            ssl=True,
+            root_certificates=str(self.tls_ca) if self.tls_ca else None,
+            private_key=str(self.tls_key) if self.tls_key else None,
+            certificate_chain=str(self.tls_cert) if self.tls_cert else None,
+        )
+
+
 # ---- failures and retries -------------------------------------------------------------------------
 
 
@@ -128,13 +192,16 @@ class Failure(enum.Enum):
     REJECTED = "rejected"  # the server answered with an error about this request (e.g. a bad image)
 
 
+# INTERNAL / 500: the server's own failure, e.g. a model process that died and is being reloaded
 GRPC_STATUS = {
     "StatusCode.UNAVAILABLE": Failure.UNAVAILABLE,
     "StatusCode.RESOURCE_EXHAUSTED": Failure.TRANSIENT,
+    "StatusCode.INTERNAL": Failure.TRANSIENT,
     "StatusCode.DEADLINE_EXCEEDED": Failure.TIMEOUT,
 }
 HTTP_STATUS = {
     "502": Failure.UNAVAILABLE,
+    "500": Failure.TRANSIENT,
     "503": Failure.TRANSIENT,
     "429": Failure.TRANSIENT,
     "408": Failure.TIMEOUT,
@@ -146,7 +213,8 @@ def transport_errors() -> tuple[type[BaseException], ...]:
     """What a request can raise that is about the request (everything else is a bug and propagates)."""
     from tritonclient.utils import InferenceServerException
 
-    return (InferenceServerException, OSError, TimeoutError)
+    # http.client.HTTPException: the HTTP connection closed or broke mid-response (geventhttpclient's errors)
+    return (InferenceServerException, OSError, TimeoutError, http.client.HTTPException)
 
 
 def failure_kind(exc: BaseException) -> Failure:
@@ -158,24 +226,34 @@ def failure_kind(exc: BaseException) -> Failure:
         return GRPC_STATUS.get(str(status)) or HTTP_STATUS.get(str(status)) or Failure.REJECTED
     if isinstance(exc, TimeoutError):  # also socket.timeout and asyncio.TimeoutError
         return Failure.TIMEOUT
-    if isinstance(exc, OSError):  # connection refused or reset, name resolution
+    if isinstance(exc, (OSError, http.client.HTTPException)):  # refused, reset, closed mid-response
         return Failure.UNAVAILABLE
     return Failure.REJECTED
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """When a failed request is sent again, with exponential backoff: a server that cannot be reached is
+    waited for up to ``wait_for_server_s`` (a supervised restart takes seconds); a request the server could
+    not take now (busy, a model being reloaded) is retried ``retries`` times; anything else is final."""
+
     retries: int = 2
+    wait_for_server_s: float = 60.0
     base_delay_s: float = 0.1
     max_delay_s: float = 2.0
 
-    def delay(self, outcome, attempt: int) -> float | None:
-        """Seconds to wait before trying again, or None when ``outcome`` is final."""
-        if isinstance(outcome, np.ndarray) or attempt >= self.retries:
+    def delay(self, outcome, attempt: int, waited_s: float = 0.0) -> float | None:
+        """Seconds to wait before trying again, or None when ``outcome`` is final. ``waited_s``: time since
+        the request was first sent."""
+        if isinstance(outcome, np.ndarray):
             return None
-        if failure_kind(outcome) not in (Failure.UNAVAILABLE, Failure.TRANSIENT):
-            return None
-        return min(self.max_delay_s, self.base_delay_s * 2 ** (attempt + 1))
+        step = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt + 1))
+        kind = failure_kind(outcome)
+        if kind is Failure.UNAVAILABLE and waited_s < self.wait_for_server_s:
+            return min(step, self.wait_for_server_s - waited_s)
+        if kind is Failure.TRANSIENT and attempt < self.retries:
+            return step
+        return None
 
 
 def settle(outcome, url: str, protocol: str):
@@ -361,8 +439,11 @@ class Job:
             elif len(call.indices) > 1 and failure_kind(outcome) is Failure.REJECTED:
                 following += [Call([i], call.batch[k : k + 1]) for k, i in enumerate(call.indices)]
             else:
+                down = isinstance(outcome, ServerUnavailable)
                 for i in call.indices:
-                    self._results[i] = ImageResult(self.names[i], error=error_text(outcome, self.timeout_s))
+                    self._results[i] = ImageResult(
+                        self.names[i], error=error_text(outcome, self.timeout_s), unreachable=down
+                    )
         self._pending = following
         return following
 

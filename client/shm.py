@@ -15,10 +15,10 @@ import numpy as np
 
 
 class SharedMemoryPool:
-    def __init__(self, client, info, max_batch: int, slots: int = 1) -> None:
+    def __init__(self, client, info, max_batch: int, slots: int = 1, headers: dict | None = None) -> None:
         import tritonclient.utils.shared_memory as shm
 
-        self.shm, self.client, self.info = shm, client, info
+        self.shm, self.client, self.info, self.headers = shm, client, info, headers
         itemsize = np.dtype(np.uint8 if info.input_datatype == "UINT8" else np.float32).itemsize
         self.slot_bytes = max_batch * int(np.prod(info.input_shape)) * itemsize
         self.slots = slots
@@ -26,7 +26,7 @@ class SharedMemoryPool:
         self.key = f"/{self.name}"
         self.handle = shm.create_shared_memory_region(self.name, self.key, self.slot_bytes * slots)
         try:
-            client.register_system_shared_memory(self.name, self.key, self.slot_bytes * slots)
+            client.register_system_shared_memory(self.name, self.key, self.slot_bytes * slots, headers=headers)
         except BaseException:
             shm.destroy_shared_memory_region(self.handle)
             raise
@@ -41,6 +41,6 @@ class SharedMemoryPool:
 
     def close(self) -> None:
         try:
-            self.client.unregister_system_shared_memory(self.name)
+            self.client.unregister_system_shared_memory(self.name, headers=self.headers)
         finally:
             self.shm.destroy_shared_memory_region(self.handle)

@@ -23,6 +23,7 @@ from resnet_serve.client.core import (
     ModelNotFound,
     Prediction,
     RetryPolicy,
+    Security,
     ServerUnavailable,
     failure_kind,
     normalize_url,
@@ -40,17 +41,14 @@ class Connection:
     """The control plane (health, metadata, configs, shared memory) over the sync client: an unreachable
     server raises ServerUnavailable, a model that is not served ModelNotFound."""
 
-    def __init__(self, url: str | None, protocol: str, timeout_s: float) -> None:
+    def __init__(self, url: str | None, protocol: str, timeout_s: float, security: Security | None = None) -> None:
         self.protocol = protocol
         self.module = protocol_module(protocol)
         self.url = normalize_url(url, protocol)
-        if protocol == "http":
-            self.client = self.module.InferenceServerClient(
-                self.url, connection_timeout=timeout_s, network_timeout=timeout_s
-            )
-        else:
-            self.client = self.module.InferenceServerClient(self.url)
+        self.security = security or Security()
+        self.client = self.security.client(self.module, self.url, protocol, timeout_s)
         self.json = {"as_json": True} if protocol == "grpc" else {}
+        self.headers = {"headers": self.security.headers} if self.security.headers else {}
 
     def call(self, fn, *args, **kwargs):
         try:
@@ -62,7 +60,7 @@ class Connection:
 
     def served_models(self) -> list[dict]:
         """Every model in the server's repository with its state (READY, UNAVAILABLE, ...)."""
-        index = self.call(self.client.get_model_repository_index, **self.json)
+        index = self.call(self.client.get_model_repository_index, **self.json, **self.headers)
         models = index.get("models", []) if isinstance(index, dict) else index
         return [
             {
@@ -102,7 +100,8 @@ def shared_memory_pool(connection: Connection, info: ModelInfo, batch_size: int,
         )
     from resnet_serve.client.shm import SharedMemoryPool
 
-    return connection.call(SharedMemoryPool, connection.client, info, batch_size, slots)
+    headers = connection.security.headers or None
+    return connection.call(SharedMemoryPool, connection.client, info, batch_size, slots, headers)
 
 
 class Classifier:
@@ -116,13 +115,16 @@ class Classifier:
         *,
         timeout_s: float = 30.0,
         retries: int = 2,
+        wait_for_server_s: float = 60.0,
         batch_size: int | None = None,
         shared_memory: bool = False,
+        security: Security | None = None,
     ) -> None:
-        self.connection = Connection(url, protocol, timeout_s)
+        self.connection = Connection(url, protocol, timeout_s, security)
         self.protocol, self.url, self.module = protocol, self.connection.url, self.connection.module
         self.client = self.connection.client
-        self.model, self.timeout_s, self.policy = model, timeout_s, RetryPolicy(retries)
+        self.model, self.timeout_s = model, timeout_s
+        self.policy = RetryPolicy(retries, wait_for_server_s)
         self._shm = None
         try:
             self.info = self.connection.model_info(model)
@@ -155,12 +157,13 @@ class Classifier:
 
     def send(self, call: Call, top_k: int):
         """The request's rows, or its final error after the retry policy's retries."""
+        started = time.monotonic()
         for attempt in itertools.count():
             try:
                 outcome = self.infer(call.batch, top_k)
             except transport_errors() as exc:
                 outcome = exc
-            delay = self.policy.delay(outcome, attempt)
+            delay = self.policy.delay(outcome, attempt, time.monotonic() - started)
             if delay is None:
                 return settle(outcome, self.url, self.protocol)
             time.sleep(delay)

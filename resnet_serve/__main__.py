@@ -5,6 +5,7 @@
     resnet-serve export ...         python -m export
     resnet-serve repository ...     python -m export.default_repository
     resnet-serve serve ...          python -m server
+    resnet-serve health ...         python -m server.health
     resnet-serve client ...         python -m client  (classify | models)
     resnet-serve benchmark ...      python benchmarks/run.py
     resnet-serve sweep ...          python -m resnet_serve.benchmarks.profile_sweep
@@ -49,6 +50,12 @@ def _serve(argv):
     return main(argv)
 
 
+def _health(argv):
+    from resnet_serve.server.health import main
+
+    return main(argv)
+
+
 def _client(argv):
     from resnet_serve.client.cli import main
 
@@ -73,6 +80,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "export": (_export, "checkpoint -> ONNX -> engines (+ a Triton model repository)"),
     "repository": (_repository, "build the default model repository"),
     "serve": (_serve, "run the Triton Inference Server on a model repository"),
+    "health": (_health, "probe every served model with a real inference (0 healthy, 1 not)"),
     "client": (_client, "classify images with a served model, list served models"),
     "benchmark": (_benchmark, "engines side by side, served load, accuracy, the CI gate"),
     "sweep": (_sweep, "serving settings side by side"),

@@ -6,6 +6,7 @@ relative to the working directory (never relative to where the code is installed
     data root          RESNET_SERVE_DATA          ../shared/data if it exists, else data
     build directory    RESNET_SERVE_BUILD         build
     model repository   RESNET_SERVE_REPOSITORY    model_repository
+    server API key     RESNET_SERVE_API_KEY_FILE  build/server.key (read by the client where it exists)
 
 Inside the data root: ``cifar-10-jpg`` (an ImageFolder copy) or ``cifar-10`` (the official release,
 downloaded there when asked), and ``imagenet-sample``.
@@ -17,6 +18,8 @@ import os
 from pathlib import Path
 
 DATA_ENV, BUILD_ENV, REPOSITORY_ENV = "RESNET_SERVE_DATA", "RESNET_SERVE_BUILD", "RESNET_SERVE_REPOSITORY"
+KEY_FILE_ENV = "RESNET_SERVE_API_KEY_FILE"
+API_KEY_HEADER = "resnet-serve-key"  # the header Triton's restricted APIs check
 
 
 def _resolve(flag: str | Path | None, env: str, default: Path) -> Path:
@@ -51,3 +54,8 @@ def build_dir(flag: str | Path | None = None) -> Path:
 
 def repository_dir(flag: str | Path | None = None) -> Path:
     return _resolve(flag, REPOSITORY_ENV, Path("model_repository"))
+
+
+def api_key_file(flag: str | Path | None = None) -> Path:
+    """Where the server's API key lives (the server generates it there; the client reads it)."""
+    return _resolve(flag, KEY_FILE_ENV, build_dir() / "server.key")

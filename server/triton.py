@@ -32,16 +32,115 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnet_serve.errors import ExitCode, ResnetServeError
+from resnet_serve.settings import API_KEY_HEADER
 
 log = logging.getLogger(__name__)
 
 READY_PATH = "/v2/health/ready"
+SHM_GLOB = "triton_python_backend_shm_region_*"  # the Python backend's regions in /dev/shm
 
 
 class ServerError(ResnetServeError):
     """The server could not start or stopped unexpectedly; the message carries Triton's own words."""
 
     exit_code = ExitCode.FAILED
+
+
+class StartupInterrupted(ServerError):
+    """SIGTERM or Ctrl-C arrived while the server was starting; it was stopped."""
+
+    exit_code = ExitCode.OK
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on a local TCP port (from /proc; None where it cannot be told)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd).removeprefix("socket:[").removesuffix("]") in inodes:
+                    return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def remove_stale_shm(directory: Path = Path("/dev/shm")) -> list[str]:
+    """Delete Python-backend shared-memory regions that no live process has open or mapped (left by a
+    server that crashed or was killed); returns their names."""
+    regions = {p.name: p for p in directory.glob(SHM_GLOB) if p.stat().st_uid == os.getuid()}
+    if not regions:
+        return []
+    in_use = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            in_use.update(Path(os.readlink(fd)).name for fd in (proc / "fd").iterdir())
+            in_use.update(
+                line.rsplit("/", 1)[-1] for line in (proc / "maps").read_text().splitlines() if SHM_GLOB[:-1] in line
+            )
+        except OSError:
+            continue
+    removed = []
+    for name, path in regions.items():
+        if name not in in_use:
+            path.unlink(missing_ok=True)
+            removed.append(name)
+    return removed
+
+
+def repository_problems(repository: Path) -> list[str]:
+    """What would keep models of this repository from loading, found before Triton starts (Triton 2.51 waits
+    forever on a Python model without its model.py)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    problems, names = [], {p.name for p in repository.iterdir() if p.is_dir()}
+    for model in sorted(p for p in repository.iterdir() if p.is_dir()):
+        config_path = model / "config.pbtxt"
+        try:
+            config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+        except (OSError, text_format.ParseError) as exc:
+            problems.append(f"{model.name}: config.pbtxt cannot be read ({exc})")
+            continue
+        versions = [v for v in model.iterdir() if v.is_dir() and v.name.isdigit()]
+        if not versions and config.platform != "ensemble":
+            problems.append(f"{model.name}: no version folder (e.g. {model.name}/1/)")
+        if config.backend == "python":
+            problems += [
+                f"{model.name}: {v.name}/model.py is missing" for v in versions if not (v / "model.py").is_file()
+            ]
+        for step in config.ensemble_scheduling.step:
+            if step.model_name not in names:
+                problems.append(
+                    f"{model.name}: its ensemble step names {step.model_name!r}, which is not in the repository"
+                )
+    return problems
+
+
+def die_with_launcher() -> list[str]:
+    """A command prefix that has the kernel SIGKILL the server when the launcher dies, however it dies
+    (util-linux setpriv: PR_SET_PDEATHSIG, kept across exec); empty where setpriv is absent."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 @dataclass(frozen=True)
@@ -85,6 +184,59 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+RESTRICTABLE = ("shared-memory", "model-repository", "logging", "trace", "statistics", "model-config", "metadata")
+LOCKED_APIS = ("shared-memory", "model-repository", "logging", "trace", "statistics")  # locked off loopback
+EXPOSURES = ("direct", "proxy", "loopback")
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: resolve it
+        try:
+            return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+        except (OSError, ValueError):
+            return False
+
+
+def resolve_security(host: str, restrict: str = "auto", http_exposure: str = "auto") -> tuple[bool, str]:
+    """(lock the control plane?, how HTTP is exposed) for ``--restrict`` and ``--http-exposure`` ("auto":
+    locked and behind the proxy when the server binds beyond loopback; open and direct on loopback)."""
+    beyond = not is_loopback(host)
+    if restrict not in ("auto", "on", "off"):
+        raise ValueError(f"restrict must be auto, on or off, got {restrict!r}")
+    if http_exposure not in ("auto", *EXPOSURES):
+        raise ValueError(f"http_exposure must be auto or one of {', '.join(EXPOSURES)}, got {http_exposure!r}")
+    locked = restrict == "on" or (restrict == "auto" and beyond)
+    exposure = http_exposure if http_exposure != "auto" else ("proxy" if beyond else "direct")
+    return locked, exposure
+
+
+@dataclass(frozen=True)
+class GrpcTls:
+    """gRPC over TLS: the server's certificate and key; with ``client_ca``, clients must present a certificate
+    it signed (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def check(self) -> None:
+        for label, path in (("certificate", self.cert), ("key", self.key), ("client CA", self.client_ca)):
+            if path is not None and not Path(path).is_file():
+                raise ServerError(f"gRPC TLS {label} {path} does not exist")
+
+    def args(self) -> list[str]:
+        args = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
+        if self.client_ca is not None:
+            args += [f"--grpc-root-cert={self.client_ca}", "--grpc-use-ssl-mutual=true"]
+        return args
+
+
 @dataclass
 class ServerConfig:
     model_repository: Path
@@ -100,6 +252,12 @@ class ServerConfig:
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     triton_root: Path | None = None  # a tritonserver folder other than the nvidia-pytriton wheel's
+    # the control plane (see resolve_security and README "Security"):
+    http_exposure: str = "direct"  # direct | proxy (nginx on host:http_port) | loopback (HTTP on 127.0.0.1 only)
+    restricted_apis: tuple[str, ...] = ()  # Triton API groups that answer only requests carrying the key
+    api_key: str | None = field(default=None, repr=False)
+    grpc_tls: GrpcTls | None = None
+    max_body_mb: int = 64  # the proxy's limit on one request body
 
     def resolve_ports(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):
@@ -116,11 +274,22 @@ class TritonServer:
         self.log_tail: collections.deque[str] = collections.deque(maxlen=400)
         self._reader: threading.Thread | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
+        self.proxy = None  # the nginx HttpProxy where config.http_exposure == "proxy"
+        self.triton_http_port: int | None = None  # where Triton itself serves HTTP (loopback behind the proxy)
 
     # URLs in the form tritonclient expects (host:port, no scheme)
     @property
     def http_url(self) -> str:
-        return f"{self._client_host}:{self.config.http_port}"
+        """Where clients send HTTP (the proxy, where there is one)."""
+        host = "127.0.0.1" if self.config.http_exposure == "loopback" else self._client_host
+        return f"{host}:{self.config.http_port}"
+
+    @property
+    def internal_http_url(self) -> str:
+        """Triton's own HTTP endpoint, for the launcher's probes and repairs."""
+        if self.config.http_exposure == "proxy" and self.triton_http_port:
+            return f"127.0.0.1:{self.triton_http_port}"
+        return self.http_url
 
     @property
     def grpc_url(self) -> str:
@@ -140,8 +309,8 @@ class TritonServer:
             str(install.binary),
             f"--model-repository={Path(cfg.model_repository).resolve()}",
             f"--backend-directory={backend_dir}",
-            f"--http-address={cfg.host}",
-            f"--http-port={cfg.http_port}",
+            f"--http-address={cfg.host if cfg.http_exposure == 'direct' else '127.0.0.1'}",
+            f"--http-port={self.triton_http_port or cfg.http_port}",
             f"--grpc-address={cfg.host}",
             f"--grpc-port={cfg.grpc_port}",
             f"--metrics-address={cfg.host}",
@@ -154,7 +323,21 @@ class TritonServer:
             f"--exit-timeout-secs={cfg.exit_timeout_s}",
         ]
         cmd += [f"--load-model={name}" for name in cfg.load_models]
+        if cfg.restricted_apis:
+            if not cfg.api_key:
+                raise ServerError("restricted APIs need a key; pass --api-key-file")
+            apis = ",".join(cfg.restricted_apis)
+            cmd += [
+                f"--http-restricted-api={apis}:{API_KEY_HEADER}={cfg.api_key}",
+                f"--grpc-restricted-protocol={apis}:{API_KEY_HEADER}={cfg.api_key}",
+            ]
+        if cfg.grpc_tls is not None:
+            cmd += cfg.grpc_tls.args()
         return cmd + list(cfg.extra_args)
+
+    def _printable(self, command: list[str]) -> str:
+        text = " ".join(command)
+        return text.replace(self.config.api_key, "<key>") if self.config.api_key else text
 
     def environment(self, install: TritonInstall) -> dict[str, str]:
         env = dict(os.environ)
@@ -170,7 +353,8 @@ class TritonServer:
         env.update(self.config.env)
         return env
 
-    def start(self) -> TritonServer:
+    def start(self, stop: threading.Event | None = None) -> TritonServer:
+        """Start and wait until ready. ``stop``: set (by a signal handler) to abandon the start."""
         cfg = self.config
         repo = Path(cfg.model_repository)
         if not repo.is_dir():
@@ -178,8 +362,36 @@ class TritonServer:
                 f"model repository {repo} does not exist; create one with "
                 "`python -m export --checkpoint ... --out ... --repository model_repository`"
             )
+        problems = repository_problems(repo)
+        if problems:
+            raise ServerError(f"{repo} has models that cannot load:\n  " + "\n  ".join(problems))
         install = TritonInstall.find(cfg.triton_root)
+        if cfg.http_exposure not in EXPOSURES:
+            raise ServerError(f"http_exposure must be one of {', '.join(EXPOSURES)}, got {cfg.http_exposure!r}")
+        if cfg.grpc_tls is not None:
+            cfg.grpc_tls.check()
+        if cfg.http_exposure == "proxy":
+            from resnet_serve.server.proxy import nginx_binary
+
+            nginx_binary()  # missing: say so before anything starts
         cfg.resolve_ports()
+        for name in ("http_port", "grpc_port", "metrics_port"):
+            port = getattr(cfg, name)
+            host = "127.0.0.1" if name == "http_port" and cfg.http_exposure == "loopback" else cfg.host
+            if port_in_use(host, port):
+                owner = listening_pid(port)
+                raise ServerError(
+                    f"{name.replace('_', ' ')} {port} on {host} is in use"
+                    + (f" by process {owner} ({_command_of(owner)})" if owner else "")
+                    + "; stop that server or pass another port (0 picks a free one)"
+                )
+        if cfg.http_exposure == "proxy" and (
+            self.triton_http_port is None or port_in_use("127.0.0.1", self.triton_http_port)
+        ):
+            self.triton_http_port = free_port("127.0.0.1")
+        stale = remove_stale_shm()
+        if stale:
+            log.info("removed %d shared-memory regions left by a server that is gone", len(stale))
         self._workdir = tempfile.TemporaryDirectory(prefix="tritonserver-")
         backend_dir = Path(self._workdir.name) / "backends"
         python_dir = backend_dir / "python"
@@ -189,9 +401,9 @@ class TritonServer:
                 (python_dir / item.name).symlink_to(item)
         shutil.copy2(install.stub, python_dir / "triton_python_backend_stub")
         command = self.command(backend_dir, install)
-        log.info("starting %s", " ".join(command))
+        log.info("starting %s", self._printable(command))
         self.process = subprocess.Popen(
-            command,
+            die_with_launcher() + command,
             env=self.environment(install),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -203,12 +415,35 @@ class TritonServer:
         self._reader = threading.Thread(target=self._pump_log, name="triton-log", daemon=True)
         self._reader.start()
         try:
-            self.wait_ready(cfg.startup_timeout_s)
+            self.wait_ready(cfg.startup_timeout_s, stop)
+            port = self.triton_http_port or cfg.http_port
+            owner = listening_pid(port)
+            if owner is not None and owner != self.process.pid:
+                raise ServerError(
+                    f"HTTP port {port} is answered by process {owner} ({_command_of(owner)}), not by the "
+                    "server this launcher started"
+                )
+            if cfg.http_exposure == "proxy":
+                self.start_proxy()
         except BaseException:
             self.stop()
             raise
         log.info("Triton ready: HTTP %s, gRPC %s, metrics %s", self.http_url, self.grpc_url, self.metrics_url)
         return self
+
+    def start_proxy(self) -> None:
+        """nginx on host:http_port in front of Triton's loopback HTTP port (again after it died)."""
+        from resnet_serve.server.proxy import HttpProxy
+
+        if self.proxy is not None:
+            self.proxy.stop()
+        self.proxy = HttpProxy(
+            self.config.host, self.config.http_port, self.triton_http_port, max_body_mb=self.config.max_body_mb
+        )
+        try:
+            self.proxy.start(Path(self._workdir.name) / "nginx", die_with_launcher())
+        except OSError as exc:
+            raise ServerError(f"the HTTP proxy could not start: {exc}") from None
 
     def _pump_log(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -219,14 +454,16 @@ class TritonServer:
 
     def is_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}{READY_PATH}", timeout=2) as response:
+            with urllib.request.urlopen(f"http://{self.internal_http_url}{READY_PATH}", timeout=2) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout_s: float) -> None:
+    def wait_ready(self, timeout_s: float, stop: threading.Event | None = None) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                raise StartupInterrupted("stopped while the server was starting")
             if self.process is None or self.process.poll() is not None:
                 if self._reader is not None:
                     self._reader.join(timeout=5)
@@ -250,6 +487,9 @@ class TritonServer:
         """SIGTERM (Triton drains in-flight requests), then SIGKILL of the whole process group."""
         timeout_s = timeout_s if timeout_s is not None else self.config.exit_timeout_s + 15
         code = None
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
         if self.process is not None:
             if self.process.poll() is None:
                 try:
@@ -272,7 +512,17 @@ class TritonServer:
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
+        removed = remove_stale_shm()
+        if removed:
+            log.info("removed %d shared-memory regions the stopped server left", len(removed))
         return code
+
+
+def _command_of(pid: int | None) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:120]
+    except OSError:
+        return "unknown command"
 
 
 @contextmanager

@@ -218,7 +218,9 @@ def test_server_going_away_mid_run_keeps_the_results_so_far(small_repository, ci
 
     files = cifar_test_files(cifar_jpg, 2)[:12]
     with running(small_repository, http_port=0, grpc_port=0, metrics_port=0) as server:
-        clf = Classifier(server.grpc_url, model="resnet20_onnxruntime_fp32", batch_size=4, retries=1)
+        clf = Classifier(
+            server.grpc_url, model="resnet20_onnxruntime_fp32", batch_size=4, retries=1, wait_for_server_s=1
+        )
         real, calls = clf.send, []
 
         def send_then_stop(call, top_k):
