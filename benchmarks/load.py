@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from resnet_serve.benchmarks.offline import percentiles_ms
+from resnet_serve.client.core import Security
 
 
 @dataclass
@@ -53,6 +54,7 @@ async def _stats(client, protocol: str, models: list[str]) -> dict:
     out = {}
     for model in models:
         kwargs = {"as_json": True} if protocol == "grpc" else {}
+        kwargs.update(Security.from_files().header_kwargs(protocol))  # statistics: behind the key off loopback
         stats = (await client.get_inference_statistics(model, **kwargs))["model_stats"][0]
         inference = stats["inference_stats"]
         out[model] = {

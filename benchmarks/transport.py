@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from resnet_serve.benchmarks.offline import percentiles_ms
-from resnet_serve.client.core import prepare_all
+from resnet_serve.client.core import Security, prepare_all
 from resnet_serve.client.sync import Classifier
 from resnet_serve.export.repository import size_class
 
@@ -18,7 +18,8 @@ BATCH = {"small": 256, "large": 32}  # by input size, as the CPU profile batches
 
 
 def _server_ms(client, model: str) -> tuple[int, dict]:
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
+    headers = Security.from_files().header_kwargs("grpc")  # the statistics API is behind the key off loopback
+    stats = client.get_inference_statistics(model, as_json=True, **headers)["model_stats"][0]["inference_stats"]
     return int(stats["success"]["count"]), {k: int(stats[k]["ns"]) for k in ("compute_input", "compute_infer")}
 
 

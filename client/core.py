@@ -70,6 +70,10 @@ class ServerUnavailable(ClientError):
     """The server cannot be reached (or is not ready)."""
 
 
+class KeyRequired(ClientError):
+    """The server keeps this API behind its key (--api-key-file)."""
+
+
 class ModelNotFound(ClientError):
     """The server does not serve the requested model."""
 
@@ -151,13 +155,20 @@ class Security:
             key = None
         return cls(key, **tls)
 
+    def headers(self, protocol: str) -> dict[str, str]:
+        """The key as Triton's restricted APIs expect it (over gRPC, the header's name gets a prefix)."""
+        if not self.api_key:
+            return {}
+        name = settings.API_KEY_HEADER if protocol == "http" else f"triton-grpc-protocol-{settings.API_KEY_HEADER}"
+        return {name: self.api_key}
+
+    def header_kwargs(self, protocol: str) -> dict:
+        """``headers=`` for a tritonclient call, where there is a key."""
+        return {"headers": self.headers(protocol)} if self.api_key else {}
+
     @property
     def tls(self) -> bool:
         return bool(self.tls_ca or self.tls_cert or self.tls_key)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {settings.API_KEY_HEADER: self.api_key} if self.api_key else {}
 
     def client(self, module, url: str, protocol: str, timeout_s: float | None = None):
         """A tritonclient InferenceServerClient of ``module`` (grpc, http or their aio variants) for ``url``."""
@@ -190,6 +201,7 @@ class Failure(enum.Enum):
     TRANSIENT = "transient"  # the server is there but cannot take the request now
     TIMEOUT = "timeout"  # no answer within the deadline
     REJECTED = "rejected"  # the server answered with an error about this request (e.g. a bad image)
+    FORBIDDEN = "forbidden"  # an API behind the server's key, called without it (or with another)
 
 
 # INTERNAL / 500: the server's own failure, e.g. a model process that died and is being reloaded
@@ -204,6 +216,7 @@ HTTP_STATUS = {
     "500": Failure.TRANSIENT,
     "503": Failure.TRANSIENT,
     "429": Failure.TRANSIENT,
+    "403": Failure.FORBIDDEN,
     "408": Failure.TIMEOUT,
     "504": Failure.TIMEOUT,
 }
@@ -218,10 +231,13 @@ def transport_errors() -> tuple[type[BaseException], ...]:
 
 
 def failure_kind(exc: BaseException) -> Failure:
-    """Classify by the status code (gRPC or HTTP) or the exception type, never by message text."""
+    """Classify by the status code (gRPC or HTTP) or the exception type; by message text only where Triton
+    gives nothing else (a restricted gRPC API answers UNAVAILABLE, as a server that is down does)."""
     if isinstance(exc, ServerUnavailable):
         return Failure.UNAVAILABLE
     status = exc.status() if hasattr(exc, "status") and callable(exc.status) else None
+    if str(status) == "StatusCode.UNAVAILABLE" and "protocol is restricted" in str(exc.message() or ""):
+        return Failure.FORBIDDEN
     if status:
         return GRPC_STATUS.get(str(status)) or HTTP_STATUS.get(str(status)) or Failure.REJECTED
     if isinstance(exc, TimeoutError):  # also socket.timeout and asyncio.TimeoutError

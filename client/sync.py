@@ -19,6 +19,7 @@ from resnet_serve.client.core import (
     Failure,
     ImageResult,
     Job,
+    KeyRequired,
     ModelInfo,
     ModelNotFound,
     Prediction,
@@ -48,14 +49,21 @@ class Connection:
         self.security = security or Security()
         self.client = self.security.client(self.module, self.url, protocol, timeout_s)
         self.json = {"as_json": True} if protocol == "grpc" else {}
-        self.headers = {"headers": self.security.headers} if self.security.headers else {}
+        self.headers = self.security.header_kwargs(protocol)
 
     def call(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except transport_errors() as exc:
-            if failure_kind(exc) is Failure.UNAVAILABLE:
+            kind = failure_kind(exc)
+            if kind is Failure.UNAVAILABLE:
                 raise ServerUnavailable(unreachable_message(self.url, self.protocol, exc)) from None
+            if kind is Failure.FORBIDDEN:
+                raise KeyRequired(
+                    f"the server at {self.url} keeps this API behind its key "
+                    f"({'a key was sent but not accepted' if self.security.api_key else 'no key was sent'}); "
+                    "pass --api-key-file with the server's key file"
+                ) from None
             raise
 
     def served_models(self) -> list[dict]:
@@ -100,7 +108,7 @@ def shared_memory_pool(connection: Connection, info: ModelInfo, batch_size: int,
         )
     from resnet_serve.client.shm import SharedMemoryPool
 
-    headers = connection.security.headers or None
+    headers = connection.security.headers(connection.protocol) or None
     return connection.call(SharedMemoryPool, connection.client, info, batch_size, slots, headers)
 
 

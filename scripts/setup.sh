@@ -16,10 +16,12 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     exit 2
 fi
 # System packages: the Triton Python-backend stub links Debian's libpython3.11; Debian's docker-compose
-# validates docker-compose.yml in the tests. Installed when missing if we are root with apt-get.
+# validates docker-compose.yml in the tests; nginx (nginx-light) fronts the HTTP port when the server
+# listens beyond loopback (python -m server --host 0.0.0.0). Installed when missing if we are root with apt-get.
 need=()
 ldconfig -p 2>/dev/null | grep -q "libpython3.11.so.1.0" || need+=(libpython3.11)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing system packages: ${need[*]}"

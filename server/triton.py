@@ -149,11 +149,24 @@ class TritonInstall:
     libs: Path
     backend_dir: Path  # .../tritonserver/backends (contains python/)
     stub: Path
+    bundled: bool = True  # the wheel's layout; False: a Triton release's own tree, its backends used as they are
 
     @classmethod
     def find(cls, root: Path | None = None) -> TritonInstall:
-        """The server in the installed nvidia-pytriton wheel, or at ``root`` (a ``tritonserver`` folder laid
-        out as in that wheel, with ``nvidia_pytriton.libs`` two levels up, e.g. one unpacked on a GPU host)."""
+        """The server in the installed nvidia-pytriton wheel, or at ``root``: a ``tritonserver`` folder laid
+        out as in that wheel (``nvidia_pytriton.libs`` two levels up, e.g. one unpacked on a GPU host), or a
+        Triton release's tree such as ``/opt/tritonserver`` in NVIDIA's container (bin/, lib/, backends/)."""
+        if root is not None and (Path(root) / "backends" / "python" / "triton_python_backend_stub").is_file():
+            root = Path(root)
+            if not (root / "bin" / "tritonserver").is_file():
+                raise ServerError(f"{root}/bin/tritonserver is missing; pass the Triton install's root folder")
+            return cls(
+                binary=root / "bin" / "tritonserver",
+                libs=root / "lib",
+                backend_dir=root / "backends",
+                stub=root / "backends" / "python" / "triton_python_backend_stub",
+                bundled=False,
+            )
         if root is None:
             try:
                 import pytriton
@@ -393,13 +406,15 @@ class TritonServer:
         if stale:
             log.info("removed %d shared-memory regions left by a server that is gone", len(stale))
         self._workdir = tempfile.TemporaryDirectory(prefix="tritonserver-")
-        backend_dir = Path(self._workdir.name) / "backends"
-        python_dir = backend_dir / "python"
-        python_dir.mkdir(parents=True)
-        for item in (install.backend_dir / "python").iterdir():
-            if item.is_file():
-                (python_dir / item.name).symlink_to(item)
-        shutil.copy2(install.stub, python_dir / "triton_python_backend_stub")
+        backend_dir = install.backend_dir
+        if install.bundled:  # the wheel keeps one stub per Python version: put this Python's in place
+            backend_dir = Path(self._workdir.name) / "backends"
+            python_dir = backend_dir / "python"
+            python_dir.mkdir(parents=True)
+            for item in (install.backend_dir / "python").iterdir():
+                if item.is_file():
+                    (python_dir / item.name).symlink_to(item)
+            shutil.copy2(install.stub, python_dir / "triton_python_backend_stub")
         command = self.command(backend_dir, install)
         log.info("starting %s", self._printable(command))
         self.process = subprocess.Popen(

@@ -31,7 +31,8 @@ from resnet_serve.server.triton import SHM_GLOB, remove_stale_shm
 
 pytestmark = pytest.mark.server
 
-ENSEMBLE, CLASSIFIER, PREPROCESS = "resnet20_onnxruntime_fp32", "resnet20_onnxruntime_fp32_classifier", "preprocess_cifar10"
+ENSEMBLE, PREPROCESS = "resnet20_onnxruntime_fp32", "preprocess_cifar10"
+CLASSIFIER = f"{ENSEMBLE}_classifier"
 
 
 def children(pid: int) -> list[int]:

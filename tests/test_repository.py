@@ -84,8 +84,9 @@ def test_docker_compose_file_is_valid_and_its_mounts_exist():
     services = compose["services"]
     assert set(services) == {"trt-build", "triton", "benchmark"}
     assert services["triton"]["build"]["dockerfile"] == "server/Dockerfile"
-    assert services["triton"]["ports"] == ["8000:8000", "8001:8001", "8002:8002"]
-    assert services["triton"]["shm_size"] and "health/ready" in " ".join(services["triton"]["healthcheck"]["test"])
+    assert all(port.startswith("127.0.0.1:") for port in services["triton"]["ports"])  # loopback by default
+    assert services["triton"]["command"][:3] == ["python3", "-m", "resnet_serve.server"]  # supervised, locked
+    assert services["triton"]["shm_size"] and "resnet_serve.server.health" in services["triton"]["healthcheck"]["test"]
     for name in ("trt-build", "triton"):
         device = services[name]["deploy"]["resources"]["reservations"]["devices"][0]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
