@@ -4,6 +4,7 @@
     python benchmarks/run.py --suite full          # ResNet-20 and ResNet-50, all engines, longer runs
     python benchmarks/run.py --suite accuracy --check benchmarks/baselines.json
     python benchmarks/run.py --suite served --url HOST:8001 --http-url HOST:8000   # no torch needed
+    python benchmarks/run.py --suite soak --duration 600   # the supervised server under 32 clients, 5% bad
 
 Without --url the embedded Triton server is started on the repository (built first if missing).
 Writes OUT/results.json (every figure, units in the key names), OUT/report.md (built only from the
@@ -151,6 +152,10 @@ def ratios(offline: list[dict], served: list[dict], models: tuple[str, ...]) -> 
 def benchmark(args) -> int:
     ctx = make_context(args)
     suite = ctx.suite
+    if suite.name == "soak":
+        from resnet_serve.benchmarks import soak
+
+        return soak.main(args, ctx)
     out = args.out or Path("benchmarks") / "results" / suite.name
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {

@@ -58,6 +58,16 @@ SUITES = {
         served_engines="all",
         pytorch_bf16=False,
     ),
+    # hours of traffic in minutes: benchmarks/soak.py (concurrency 32, 5% bad inputs, per-minute latency and RSS)
+    "soak": Suite(
+        name="soak",
+        models=("resnet20",),
+        offline=False,
+        accuracy=False,
+        offline_accuracy=False,
+        concurrency=(32,),
+        served_duration_s=600.0,
+    ),
     # against a running server only, without torch or the exported engines (the docker-compose service)
     "served": Suite(
         name="served",

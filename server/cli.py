@@ -73,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-control-mode", choices=("none", "explicit"), help="default: explicit when supervising")
     p.add_argument("--load-model", action="append", default=[], help="with explicit mode: a model to load at start")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for readiness")
-    p.add_argument("--triton-root", type=Path,
-                   help="another Triton install, e.g. /opt/tritonserver in NVIDIA's container (default: the wheel's)")
+    p.add_argument(
+        "--triton-root",
+        type=Path,
+        help="another Triton install, e.g. /opt/tritonserver in NVIDIA's container (default: the wheel's)",
+    )
 
     s = p.add_argument_group("supervision")
     s.add_argument(

@@ -20,8 +20,11 @@ stays green. So the only trustworthy signal is an inference:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
+import signal
 import threading
 import time
 import urllib.error
@@ -33,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_serve.errors import ExitCode
+from resnet_serve.server.triton import stub_pids
 from resnet_serve.settings import API_KEY_HEADER
 
 log = logging.getLogger(__name__)
@@ -202,7 +206,11 @@ class Supervisor:
         return probe(client, model, self._configs[model])
 
     def reload(self, model: str) -> str | None:
-        """Unload and load ``model`` through the model-repository API; None on success, else the reason."""
+        """Unload and load ``model`` through the model-repository API; None on success, else the reason.
+        Its old stub processes are killed first: a stopped or wedged one would outlive the unload."""
+        for pid in stub_pids(self.server.process.pid, model):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         base = f"http://{self.server.internal_http_url}/v2/repository/models/{model}"
         headers = {API_KEY_HEADER: self.key} if self.key else {}
         for action in ("unload", "load"):
@@ -243,8 +251,6 @@ def _describe(results: list[ProbeResult]) -> str:
 
 
 def describe_exit(code: int | None) -> str:
-    import signal
-
     if code is None:
         return "no process"
     if code < 0:

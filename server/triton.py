@@ -84,6 +84,40 @@ def listening_pid(port: int) -> int | None:
     return None
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stub_pids(server_pid: int, model: str) -> list[int]:
+    """The Python-backend stub processes of ``model`` under the server ``server_pid`` (a stub's first
+    argument is its ``<repository>/<model>/<version>/model.py``)."""
+    pids = []
+    for pid in descendants(server_pid):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if (
+            len(args) > 1
+            and args[0].endswith("triton_python_backend_stub")
+            and Path(args[1]).parent.parent.name == model
+        ):
+            pids.append(pid)
+    return pids
+
+
 def remove_stale_shm(directory: Path = Path("/dev/shm")) -> list[str]:
     """Delete Python-backend shared-memory regions that no live process has open or mapped (left by a
     server that crashed or was killed); returns their names."""

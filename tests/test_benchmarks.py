@@ -264,3 +264,22 @@ def test_engines_exported_from_an_older_checkpoint_are_rebuilt(tmp_path):
     assert stale_export(tmp_path) == f"{checkpoint} changed since the engines were exported"
     checkpoint.unlink()
     assert stale_export(tmp_path) == f"its source {checkpoint} is gone"
+
+
+@pytest.mark.server
+def test_soak_suite_reports_windows_errors_latency_and_memory(default_repository, cifar_jpg, tmp_path):
+    """A short soak through the real command: the supervised launcher, 5% bad inputs, per-window figures."""
+    out = tmp_path / "soak"
+    args = ["--suite", "soak", "--duration", "12", "--concurrency", "8", "--repository",
+            str(default_repository / "models"), "--data-dir", str(cifar_jpg), "--out", str(out)]  # fmt: skip
+    assert bench.main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    totals, windows = results["totals"], results["windows"]
+    assert results["config"]["concurrency"] == 8 and len(windows) >= 2
+    assert totals["good_errors"] == 0 and totals["wrong_class"] == 0 and totals["bad_not_refused"] == 0
+    assert totals["good_ok"] > 100 and totals["bad_refused"] >= totals["good_ok"] // 25
+    for w in windows:
+        assert w["p50_ms"] <= w["p99_ms"] <= w["max_ms"]
+        assert {"launcher", "tritonserver", "stub preprocess_cifar10"} <= set(w["rss_mb"])
+    assert "Soak: resnet20, concurrency 8" in (out / "report.md").read_text()
+    assert not list(out.glob("*.key"))  # the server's key stays out of the report folder

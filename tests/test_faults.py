@@ -151,6 +151,20 @@ def test_a_killed_model_process_is_back_within_30_s_and_health_fails_until_then(
         print(f"{model}: answering again {back:.1f} s after SIGKILL")
 
 
+def test_a_wedged_model_process_is_replaced(small_repository, tmp_path):
+    """SIGSTOP: the stub neither dies nor answers. The supervisor reloads the model and kills the old stub."""
+    with launcher(small_repository, tmp_path, "--probe-interval", "2", "--probe-timeout", "3") as server:
+        wedged = stub_of(server.proc.pid, CLASSIFIER)
+        os.kill(wedged, signal.SIGSTOP)
+        stopped = time.monotonic()
+        while not answers(server.grpc):
+            assert time.monotonic() - stopped < 30, "not answering 30 s after SIGSTOP:\n" + "".join(server.lines[-20:])
+            time.sleep(0.5)
+        assert not alive(wedged) and stub_of(server.proc.pid, CLASSIFIER) != wedged
+        assert f"{CLASSIFIER} answers again" in "".join(server.lines)
+        print(f"wedged {CLASSIFIER}: answering again {time.monotonic() - stopped:.1f} s after SIGSTOP")
+
+
 def test_client_survives_a_supervised_restart_and_resume_classifies_each_image_once(
     small_repository, tmp_path, cifar_jpg
 ):
