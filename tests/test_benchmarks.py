@@ -266,6 +266,7 @@ def test_engines_exported_from_an_older_checkpoint_are_rebuilt(tmp_path):
     assert stale_export(tmp_path) == f"its source {checkpoint} is gone"
 
 
+@pytest.mark.slow
 @pytest.mark.server
 def test_soak_suite_reports_windows_errors_latency_and_memory(default_repository, cifar_jpg, tmp_path):
     """A short soak through the real command: the supervised launcher, 5% bad inputs, per-window figures."""

@@ -133,6 +133,7 @@ def health(server, repository: Path) -> int:
     return health_main(["--url", server.http, "--model-repository", str(repository), "--timeout", "5"])
 
 
+@pytest.mark.slow  # supervision waits for failed probes, then the server drains
 @pytest.mark.parametrize("model", [CLASSIFIER, PREPROCESS])
 def test_a_killed_model_process_is_back_within_30_s_and_health_fails_until_then(small_repository, tmp_path, model):
     # probes every 5 s, two failures before a reload: the unhealthy window is at least 5 s wide
@@ -151,6 +152,7 @@ def test_a_killed_model_process_is_back_within_30_s_and_health_fails_until_then(
         print(f"{model}: answering again {back:.1f} s after SIGKILL")
 
 
+@pytest.mark.slow  # supervision waits for failed probes, then the server drains
 def test_a_wedged_model_process_is_replaced(small_repository, tmp_path):
     """SIGSTOP: the stub neither dies nor answers. The supervisor reloads the model and kills the old stub."""
     with launcher(small_repository, tmp_path, "--probe-interval", "2", "--probe-timeout", "3") as server:
@@ -165,6 +167,7 @@ def test_a_wedged_model_process_is_replaced(small_repository, tmp_path):
         print(f"wedged {CLASSIFIER}: answering again {time.monotonic() - stopped:.1f} s after SIGSTOP")
 
 
+@pytest.mark.slow  # supervision waits for failed probes, then the server drains
 def test_client_survives_a_supervised_restart_and_resume_classifies_each_image_once(
     small_repository, tmp_path, cifar_jpg
 ):

@@ -111,6 +111,8 @@ def test_docker_compose_file_is_valid_and_its_mounts_exist():
     for name, service in yaml.safe_load(result.stdout)["services"].items():  # paths and variables resolved
         for volume in service.get("volumes", []):
             host = volume.split(":")[0]
+            if Path(host) == REPO_ROOT / "build" / "keys":
+                continue  # the server's API key folder: docker creates it, the launcher writes the key there
             assert Path(host).exists(), f"{name} mounts {host}, which does not exist"
 
 
