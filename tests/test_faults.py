@@ -27,29 +27,12 @@ from PIL import Image
 
 from resnet_serve.server import ServerConfig, ServerError, TritonServer, free_port
 from resnet_serve.server.health import main as health_main
-from resnet_serve.server.triton import SHM_GLOB, remove_stale_shm
+from resnet_serve.server.triton import SHM_GLOB, descendants, remove_stale_shm
 
 pytestmark = pytest.mark.server
 
 ENSEMBLE, PREPROCESS = "resnet20_onnxruntime_fp32", "preprocess_cifar10"
 CLASSIFIER = f"{ENSEMBLE}_classifier"
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (from /proc)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def cmdline(pid: int) -> str:
@@ -67,14 +50,14 @@ def alive(pid: int) -> bool:
 
 
 def stub_of(root_pid: int, model: str) -> int:
-    for pid in children(root_pid):
+    for pid in descendants(root_pid):
         if "triton_python_backend_stub" in cmdline(pid) and f"/{model}/1/model.py" in cmdline(pid):
             return pid
     raise AssertionError(f"no stub process for {model}")
 
 
 def tritonserver_of(root_pid: int) -> int:
-    return next(pid for pid in children(root_pid) if "bin/tritonserver" in cmdline(pid))
+    return next(pid for pid in descendants(root_pid) if "bin/tritonserver" in cmdline(pid))
 
 
 @contextmanager
@@ -99,7 +82,7 @@ def launcher(repository: Path, tmp_path: Path, *extra: str, wait: bool = True):
             time.sleep(0.2)
         yield info
     finally:
-        descendants = children(proc.pid)
+        started = descendants(proc.pid)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -108,7 +91,7 @@ def launcher(repository: Path, tmp_path: Path, *extra: str, wait: bool = True):
                 proc.kill()
                 proc.wait()
         reader.join(timeout=5)
-        for pid in descendants:  # the launcher takes its server (and the stubs) with it
+        for pid in started:  # the launcher takes its server (and the stubs) with it
             deadline = time.monotonic() + 10
             while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -242,7 +225,7 @@ def test_client_exits_2_with_a_clear_message_when_the_server_dies_mid_run(
 def test_a_killed_launcher_takes_the_server_with_it(small_repository, tmp_path):
     with launcher(small_repository, tmp_path) as server:
         triton = tritonserver_of(server.proc.pid)
-        stubs = [pid for pid in children(triton) if "triton_python_backend_stub" in cmdline(pid)]
+        stubs = [pid for pid in descendants(triton) if "triton_python_backend_stub" in cmdline(pid)]
         server.proc.kill()  # SIGKILL: no chance to clean up
         server.proc.wait()
         deadline = time.monotonic() + 15
@@ -254,7 +237,7 @@ def test_a_killed_launcher_takes_the_server_with_it(small_repository, tmp_path):
 def test_ctrl_c_during_startup_stops_the_server(default_repository, tmp_path):
     with launcher(default_repository / "models", tmp_path, wait=False) as server:
         deadline = time.monotonic() + 60
-        while not any("triton_python_backend_stub" in cmdline(pid) for pid in children(server.proc.pid)):
+        while not any("triton_python_backend_stub" in cmdline(pid) for pid in descendants(server.proc.pid)):
             assert time.monotonic() < deadline and server.proc.poll() is None
             time.sleep(0.05)
         assert not any("Triton is serving" in line for line in server.lines)  # still loading its models
