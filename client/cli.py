@@ -182,9 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     classify = sub.add_parser("classify", parents=[common], help="classify images")
     classify.add_argument("paths", nargs="+", help="image files, directories or glob patterns")
-    classify.add_argument("--model", default="resnet20", help="served model (ensemble or *_classifier)")
+    classify.add_argument(
+        "--model",
+        default="resnet20",
+        help="served model: one that takes encoded images (resnet20, any ensemble) or a *_classifier",
+    )
     classify.add_argument("--top-k", type=int, default=5)
-    classify.add_argument("--batch-size", type=int, help="images per request (default: the model's max batch size)")
+    classify.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per request (default: the model's max batch size; 1 for raw-bytes models)",
+    )
     classify.add_argument("--retries", type=int, default=2, help="retries of a request on transient errors")
     classify.add_argument(
         "--wait-for-server",

@@ -330,7 +330,10 @@ class ModelInfo:
     """What the client needs to know about a served model, read from its metadata and config."""
 
     name: str
-    kind: str  # "ensemble" (image bytes in) or "classifier" (tensor in)
+    # "ensemble": encoded images as BYTES (the ensemble, or a one-step model taking BYTES);
+    # "raw": one encoded image per request as UINT8 bytes (a one-step model with ragged batching);
+    # "classifier": the network's input tensor
+    kind: str
     input_name: str
     input_datatype: str  # BYTES, FP32 or UINT8
     input_shape: tuple[int, ...]  # without the batch dimension
@@ -348,9 +351,15 @@ class ModelInfo:
             spec = DatasetSpec.from_parameters(params, f"model {name!r}")
         except ContractError:
             spec = None  # only a tensor request needs it; prepare() says so then
+        if inp["datatype"] == "BYTES":
+            kind = "ensemble"
+        elif config.get("input") and config["input"][0].get("allow_ragged_batch"):
+            kind = "raw"  # a ragged UINT8 input: the encoded file itself, not pixels
+        else:
+            kind = "classifier"
         return cls(
             name=name,
-            kind="ensemble" if inp["datatype"] == "BYTES" else "classifier",
+            kind=kind,
             input_name=inp["name"],
             input_datatype=inp["datatype"],
             input_shape=tuple(int(d) for d in inp["shape"])[1 if max_batch else 0 :],
@@ -364,6 +373,8 @@ class ModelInfo:
         """One image as a row of the request tensor (raises ImageError naming the image)."""
         if self.kind == "ensemble":
             return np.array([encode_image(source)], dtype=np.object_)
+        if self.kind == "raw":
+            return np.frombuffer(encode_image(source), dtype=np.uint8)
         if self.spec is None:
             raise ContractError(
                 f"model {self.name!r} takes tensors but states no preprocessing in its config parameters; "
@@ -426,7 +437,7 @@ class Job:
             raise UsageError(f"top_k must be between 1 and {info.num_classes} for {info.name}, got {top_k}")
         self.info, self.top_k, self.timeout_s = info, top_k, timeout_s
         self.sources = as_list(images)
-        self.batch_size = batch_size
+        self.batch_size = 1 if info.kind == "raw" else batch_size  # raw bytes: one encoded file per request
         self.names = [describe_source(s, i) for i, s in enumerate(self.sources)]
         self._results: list[ImageResult | None] = [None] * len(self.sources)
         self._pending: list[Call] = []

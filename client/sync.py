@@ -104,7 +104,7 @@ def shared_memory_pool(connection: Connection, info: ModelInfo, batch_size: int,
     if info.kind != "classifier":
         raise UsageError(
             "shared memory carries tensors: use it with a *_classifier model, "
-            f"not the ensemble {info.name!r} (which takes encoded images)"
+            f"not {info.name!r} (which takes encoded images)"
         )
     from resnet_serve.client.shm import SharedMemoryPool
 

@@ -1,5 +1,7 @@
 """Build the default model repository: the committed ResNet-20 (FP32 + INT8 on ONNX Runtime and
-OpenVINO) and an ImageNet ResNet-50 (torchvision-format weights if given, else random, marked so).
+OpenVINO) and an ImageNet ResNet-50 (torchvision-format weights if given, else random, marked so; FP32,
+INT8 calibrated on part of the ImageNet sample, and bf16 where the CPU has it). Which engine and request
+path each network's default model uses is chosen on the host by the tune step (``benchmarks.tune``).
 
     python -m export.default_repository [--repository model_repository] [--build-dir build]
         [--resnet20-checkpoint checkpoints/resnet20.pt] [--resnet50-weights resnet50.pth]
@@ -20,6 +22,7 @@ from resnet_serve.export.repository import PROFILES, write_repository
 from resnet_serve.server.index import ServedNetwork
 
 RESNET20_CHECKPOINT = Path("checkpoints") / "resnet20.pt"  # relative to the working directory (a checkout)
+IMAGENET_CALIBRATION_IMAGES = 50  # of the 100 ImageNet sample images; the rest are held out
 
 
 def build_default_repository(
@@ -55,18 +58,22 @@ def build_default_repository(
         repository, r20.out, profile=profile, sample_image=warmup_image(r20, summary.model.spec)
     )
     labels = imagenet_dir / "imagenet_class_index.json" if imagenet_dir else None
+    # INT8 calibrates on a seeded half of the ImageNet sample; the tune step measures agreement on the other
+    # half (export.calibration.calibration_split). bf16 is built only where OpenVINO reports the CPU runs it.
+    precisions = ("fp32", "int8", "bf16") if imagenet_dir and profile == "cpu" else ("fp32",)
     r50 = ExportConfig(
         checkpoint=resnet50_weights,
         arch="resnet50",
         random_weights=resnet50_weights is None,
         out=build_dir / "resnet50",
         engines=("onnxruntime", "openvino"),
-        precisions=("fp32",),
+        precisions=precisions,
         tensorrt_ready=profile == "gpu",
         evaluate=False,
         threads=threads,
         max_batch=batches["large"],
-        calibration_data=imagenet_dir if profile == "gpu" else None,
+        calibration_data=imagenet_dir,
+        calibration_size=IMAGENET_CALIBRATION_IMAGES,
         labels=labels if labels and labels.is_file() else None,
     )
     run_export(r50)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
 import struct
 from dataclasses import dataclass, field, replace
@@ -86,15 +87,20 @@ def size_class(spec: DatasetSpec) -> str:
     return "small" if spec.image_size <= SMALL_INPUT else "large"
 
 
-# Measured on the 2-core CPU machine (resnet-serve sweep; README "Serving"): one classifier
-# instance using both cores beats two single-thread instances; no batching window (queue delay 0 us) wins
-# at every concurrency because requests queue up anyway while an instance is busy; uint8 HWC pixels
-# between preprocess and classifier move a quarter of the bytes of float32 and serve 4-9% more img/s.
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# The untuned starting point (``python -m export.tune`` measures the alternatives on the host): one
+# classifier instance whose engine uses every core this process may use (``host_profile``), no batching
+# window (requests queue up anyway while an instance is busy), uint8 HWC pixels between preprocess and
+# classifier (a quarter of the bytes of float32). ``classifier_threads`` here is a placeholder.
 CPU_PROFILE = Profile(
     name="cpu",
     instance_kind="KIND_CPU",
     classifier_instances=1,
-    classifier_threads=2,
+    classifier_threads=1,
     preprocess_instances=1,
     input_dtype="TYPE_UINT8",
     max_batch_size={"small": 256, "large": 32},
@@ -117,6 +123,16 @@ GPU_PROFILE = replace(
 )
 
 PROFILES = {"cpu": CPU_PROFILE, "gpu": GPU_PROFILE}
+
+
+def host_profile(name: str = "cpu") -> Profile:
+    """A named profile sized for this host: CPU engines get every available core."""
+    profile = PROFILES[name]
+    return replace(profile, classifier_threads=available_cores()) if profile.device == "cpu" else profile
+
+
+# How a network's default model serves images (ServedNetwork.default_path)
+REQUEST_PATHS = ("ensemble", "direct", "direct-raw")
 CUDA_ENGINES = ("gpu",)  # engines that need a GPU (ONNX Runtime runs on either, by profile)
 
 
@@ -221,6 +237,38 @@ def preprocess_config(name: str, spec: DatasetSpec, profile: Profile) -> mc.Mode
     )
 
 
+def direct_config(
+    name: str, spec: DatasetSpec, num_classes: int, profile: Profile, *, raw: bool, sample_bytes: int = 0
+) -> mc.ModelConfig:
+    """The one-step model: encoded images -> logits in one Python model (``server/models/pipeline.py``).
+    ``raw``: the input is one encoded file per request as UINT8 bytes with ragged batching (no BYTES
+    deserialisation; ``sample_bytes``: the warmup file's size); else BYTES [1] per image, as the ensemble
+    takes it."""
+    parameters = {
+        "engine_dir": "engine",
+        **({"threads": str(profile.classifier_threads)} if profile.classifier_threads else {}),
+        **spec.as_parameters(),
+    }
+    if raw:
+        image = _input(IMAGE_BYTES_NAME, "TYPE_UINT8", [-1])
+        image.allow_ragged_batch = True
+        warmup = _warmup("sample_image", 1, IMAGE_BYTES_NAME, "TYPE_UINT8", [sample_bytes])
+    else:
+        image = _input(IMAGE_BYTES_NAME, "TYPE_STRING", [1])
+        warmup = _warmup("sample_image", 1, IMAGE_BYTES_NAME, "TYPE_STRING", [1])
+    return _base(
+        name,
+        profile.max_batch(spec),
+        parameters,
+        backend="python",
+        input=[image],
+        output=[_logits(num_classes)],
+        instance_group=_instances(profile.classifier_instances, "KIND_CPU"),
+        dynamic_batching=_batching(profile, spec),
+        model_warmup=[warmup],
+    )
+
+
 def ensemble_config(
     name: str, preprocess: str, classifier: str, spec: DatasetSpec, num_classes: int, profile: Profile
 ) -> mc.ModelConfig:
@@ -279,25 +327,27 @@ def write_repository(
     sample_image: Path | None = None,
     default_alias: bool = True,
     engines: tuple[str, ...] | None = None,
+    default_engine: str | None = None,
+    default_path: str = "ensemble",
+    tuning: dict | None = None,
 ) -> index.ServedNetwork:
     """Add Triton models for the engines of ``export_dir`` (a ``python -m export`` output; ``engines``:
-    only these, e.g. ("onnxruntime-int8",)) to ``repository`` and record them in its index."""
-    profile = PROFILES[profile] if isinstance(profile, str) else profile
+    only these, e.g. ("onnxruntime-int8",)) to ``repository`` and record them in its index.
+
+    The plain ``<arch>`` model serves ``default_engine`` (else the first of DEFAULT_ORDER exported) through
+    ``default_path`` (REQUEST_PATHS); ``tuning`` (the tune step's evidence) is recorded in the index."""
+    profile = host_profile(profile) if isinstance(profile, str) else profile
+    if default_path not in REQUEST_PATHS:
+        raise ValueError(f"default_path must be one of {', '.join(REQUEST_PATHS)}, got {default_path!r}")
     repository = Path(repository)
-    summary = ExportSummary.load(export_dir)
-    arch, spec = summary.model.name, summary.model.spec
-    labels = (Path(export_dir) / LABELS_FILE).read_text()
-    num_classes = len(labels.splitlines())
-    sample = sample_image.read_bytes() if sample_image else _synthetic_jpeg(spec)
-    pixels = preprocess_pixels(sample, spec, source=str(sample_image or "synthetic sample"))
-    tensor = pixels if profile.input_dtype == "TYPE_UINT8" else normalize(pixels, spec)
+    model = ServedModelFiles.load(export_dir, profile, sample_image)
+    arch, spec = model.arch, model.spec
     repository.mkdir(parents=True, exist_ok=True)
 
-    preprocess = index.preprocess_model(spec)
-    directory = _write_model(repository, preprocess_config(preprocess, spec, profile), kind="preprocess")
-    (directory / "warmup").mkdir()
-    (directory / "warmup" / "sample").write_bytes(_length_prefixed(sample))
-    network = index.ServedNetwork(arch=arch, dataset=spec.name, preprocess=preprocess, profile=profile.name)
+    preprocess = write_preprocess_model(repository, model, profile)
+    network = index.ServedNetwork(
+        arch=arch, dataset=spec.name, preprocess=preprocess, profile=profile.name, tuning=tuning
+    )
 
     def add_engine(engine: str, precision: str, classifier_cfg: mc.ModelConfig) -> Path:
         served = index.ServedEngine(
@@ -308,48 +358,153 @@ def write_repository(
         )
         classifier_cfg.name = served.classifier
         directory = _write_model(
-            repository, classifier_cfg, kind="classifier" if classifier_cfg.backend else None, labels=labels
+            repository, classifier_cfg, kind="classifier" if classifier_cfg.backend else None, labels=model.labels
         )
         _write_model(
             repository,
-            ensemble_config(served.ensemble, preprocess, served.classifier, spec, num_classes, profile),
-            labels=labels,
+            ensemble_config(served.ensemble, preprocess, served.classifier, spec, model.num_classes, profile),
+            labels=model.labels,
         )
         network.engines.append(served)
         return directory
 
-    for artifact in summary.artifacts:
+    for artifact in model.summary.artifacts:
         if engines is not None and artifact.name not in engines:
             continue
         # ONNX Runtime serves in both profiles; CPU-only engines only on CPU, GPU engines only on GPU
         if artifact.engine != "onnxruntime" and (artifact.engine in CUDA_ENGINES) != (profile.device == "cuda"):
             log.info("%s profile: skipping %s", profile.name, artifact.name)
             continue
-        directory = add_engine(artifact.engine, artifact.precision, classifier_config("", spec, num_classes, profile))
-        engine_dir = directory / "1" / "engine"
-        shutil.copytree(Path(artifact.path), engine_dir)
-        if profile.device == "cuda":
-            write_manifest(engine_dir, {**read_manifest(engine_dir), "device": "cuda"})
-        (directory / "warmup").mkdir()
-        (directory / "warmup" / "sample").write_bytes(np.ascontiguousarray(tensor).tobytes())
-    if profile.device == "cuda" and summary.tensorrt:
-        recipe = json.loads(Path(summary.tensorrt["recipe"]).read_text())
+        name = index.ensemble_model(arch, artifact.engine, artifact.precision)
+        write_ensemble_model(repository, name, model, artifact.name, profile, preprocess)
+        network.engines.append(
+            index.ServedEngine(
+                artifact.engine,
+                artifact.precision,
+                name,
+                index.classifier_model(arch, artifact.engine, artifact.precision),
+            )
+        )
+    if profile.device == "cuda" and model.summary.tensorrt:
+        recipe = json.loads(Path(model.summary.tensorrt["recipe"]).read_text())
         max_batch = int(recipe["profile"]["max"].split(":")[1].split("x")[0])
         for precision in recipe["artifacts"]:
-            add_engine("tensorrt", precision, tensorrt_config("", spec, num_classes, profile, max_batch))
+            add_engine("tensorrt", precision, tensorrt_config("", spec, model.num_classes, profile, max_batch))
     if default_alias and network.engines:
         keys = [e.key for e in network.engines]
-        network.default = next((key for key in DEFAULT_ORDER if key in keys), keys[0])
+        if default_engine is not None and default_engine not in keys:
+            raise ValueError(f"default engine {default_engine} is not among the served engines {', '.join(keys)}")
+        network.default = default_engine or next((key for key in DEFAULT_ORDER if key in keys), keys[0])
         network.default_model = arch
-        default = network.engine(network.default)
-        _write_model(
-            repository, ensemble_config(arch, preprocess, default.classifier, spec, num_classes, profile), labels=labels
-        )
+        network.default_path = default_path
+        if default_path == "ensemble":
+            default = network.engine(network.default)
+            config = ensemble_config(arch, preprocess, default.classifier, spec, model.num_classes, profile)
+            _write_model(repository, config, labels=model.labels)
+        else:
+            write_direct_model(repository, arch, model, network.default, profile, raw=default_path == "direct-raw")
     repo_index = index.RepositoryIndex.load(repository)
     repo_index.networks[arch] = network
     repo_index.save(repository)
-    log.info("wrote %d engines of %s into %s (default: %s)", len(network.engines), arch, repository, network.default)
+    log.info(
+        "wrote %d engines of %s into %s (default: %s, %s)",
+        len(network.engines),
+        arch,
+        repository,
+        network.default,
+        network.default_path,
+    )
     return network
+
+
+@dataclass
+class ServedModelFiles:
+    """What every model written for one export shares: its summary, labels, and the warmup sample."""
+
+    summary: ExportSummary
+    export_dir: Path
+    labels: str
+    sample: bytes  # an encoded image (a real one where given)
+    sample_source: str
+
+    @classmethod
+    def load(cls, export_dir: str | Path, profile: Profile, sample_image: Path | None = None) -> ServedModelFiles:
+        summary = ExportSummary.load(export_dir)
+        labels = (Path(export_dir) / LABELS_FILE).read_text()
+        sample = sample_image.read_bytes() if sample_image else _synthetic_jpeg(summary.model.spec)
+        return cls(summary, Path(export_dir), labels, sample, str(sample_image or "synthetic sample"))
+
+    @property
+    def arch(self) -> str:
+        return self.summary.model.name
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.summary.model.spec
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels.splitlines())
+
+    def sample_tensor(self, profile: Profile) -> bytes:
+        """The warmup sample as the classifier takes it (uint8 HWC pixels or float32 CHW)."""
+        pixels = preprocess_pixels(self.sample, self.spec, source=self.sample_source)
+        tensor = pixels if profile.input_dtype == "TYPE_UINT8" else normalize(pixels, self.spec)
+        return np.ascontiguousarray(tensor).tobytes()
+
+    def copy_engine(self, key: str, directory: Path, device: str = "cpu") -> None:
+        artifact = next((a for a in self.summary.artifacts if a.name == key), None)
+        if artifact is None:
+            raise ValueError(f"{self.export_dir} has no {key} engine")
+        engine_dir = directory / "1" / "engine"
+        shutil.copytree(Path(artifact.path), engine_dir)
+        if device == "cuda":
+            write_manifest(engine_dir, {**read_manifest(engine_dir), "device": "cuda"})
+
+
+def write_ensemble_model(
+    repository: Path, name: str, model: ServedModelFiles, engine: str, profile: Profile, preprocess: str
+) -> Path:
+    """An ensemble ``name`` (``preprocess`` -> ``<name>_classifier``) and its classifier serving the exported
+    ``engine``; the preprocess model must exist in the repository (``write_preprocess_model``)."""
+    spec, num_classes = model.spec, model.num_classes
+    classifier = f"{name}_classifier"
+    directory = _write_model(
+        Path(repository),
+        classifier_config(classifier, spec, num_classes, profile),
+        kind="classifier",
+        labels=model.labels,
+    )
+    model.copy_engine(engine, directory, device=profile.device)
+    (directory / "warmup").mkdir()
+    (directory / "warmup" / "sample").write_bytes(model.sample_tensor(profile))
+    _write_model(
+        Path(repository),
+        ensemble_config(name, preprocess, classifier, spec, num_classes, profile),
+        labels=model.labels,
+    )
+    return directory
+
+
+def write_preprocess_model(repository: Path, model: ServedModelFiles, profile: Profile) -> str:
+    """The dataset's preprocess model (shared by every ensemble of that contract); returns its name."""
+    name = index.preprocess_model(model.spec)
+    directory = _write_model(Path(repository), preprocess_config(name, model.spec, profile), kind="preprocess")
+    (directory / "warmup").mkdir()
+    (directory / "warmup" / "sample").write_bytes(_length_prefixed(model.sample))
+    return name
+
+
+def write_direct_model(
+    repository: Path, name: str, model: ServedModelFiles, engine: str, profile: Profile, *, raw: bool
+) -> Path:
+    """A one-step model ``name`` (``direct_config``) serving the exported ``engine`` (e.g. "openvino-int8")."""
+    config = direct_config(name, model.spec, model.num_classes, profile, raw=raw, sample_bytes=len(model.sample))
+    directory = _write_model(Path(repository), config, kind="pipeline", labels=model.labels)
+    model.copy_engine(engine, directory)
+    (directory / "warmup").mkdir()
+    (directory / "warmup" / "sample").write_bytes(model.sample if raw else _length_prefixed(model.sample))
+    return directory
 
 
 def _synthetic_jpeg(spec: DatasetSpec) -> bytes:

@@ -42,6 +42,25 @@ def cpu_flags() -> list[str]:
     return []
 
 
+# the instruction-set extensions that decide which precisions run natively (names as /proc/cpuinfo gives them)
+CAPABILITY_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def host_capabilities() -> dict:
+    """What the tune step needs to know about this machine, from the OS: the CPU, the cores this process
+    may use, the precision-relevant instruction sets, and the GPU if any."""
+    flags = set(cpu_flags())
+    present = [f for f in CAPABILITY_FLAGS if f in flags]
+    return {
+        "cpu_model": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        "flags": present,
+        "int8_dot_product": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}),  # VNNI or AMX
+        "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+        "gpu": gpu_name(),
+    }
+
+
 def git_commit() -> str:
     """The commit of the running code (with -dirty for local changes), or the package version outside git."""
     try:

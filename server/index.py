@@ -66,8 +66,12 @@ class ServedNetwork:
     preprocess: str
     engines: list[ServedEngine] = field(default_factory=list)
     default: str | None = None  # the engine key behind the plain <arch> ensemble
-    default_model: str | None = None  # that ensemble's name (= arch)
+    default_model: str | None = None  # that model's name (= arch)
     profile: str = "cpu"
+    # how the default model serves: "ensemble" (preprocess -> classifier), "direct" (one model, BYTES in) or
+    # "direct-raw" (one model, one encoded image per request as UINT8 bytes)
+    default_path: str = "ensemble"
+    tuning: dict | None = None  # the tune step's choice and its evidence (export/tune.py), if tuned
 
     def engine(self, key: str) -> ServedEngine:
         for served in self.engines:

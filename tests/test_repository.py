@@ -23,9 +23,17 @@ def parse_config(path: Path) -> model_config_pb2.ModelConfig:
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
+def openvino_has_bf16() -> bool:
+    from resnet_serve.engines.openvino import cpu_capabilities
+
+    return "BF16" in cpu_capabilities()
+
+
 def test_cpu_repository_configs(default_repository):
     models = default_repository / "models"
     names = sorted(p.name for p in models.iterdir() if p.is_dir())
+    resnet50 = [f"{e}_{p}" for e in ("onnxruntime", "openvino") for p in ("fp32", "int8")]
+    resnet50 += ["openvino_bf16"] if openvino_has_bf16() else []  # built only where the CPU runs bf16
     assert names == sorted(
         [
             "preprocess_cifar10",
@@ -38,7 +46,7 @@ def test_cpu_repository_configs(default_repository):
                 for p in ("fp32", "int8")
                 for s in ("", "_classifier")
             ],
-            *[f"resnet50_{e}_fp32{s}" for e in ("onnxruntime", "openvino") for s in ("", "_classifier")],
+            *[f"resnet50_{engine}{s}" for engine in resnet50 for s in ("", "_classifier")],
         ]
     )
     for name in names:

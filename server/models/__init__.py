@@ -1,6 +1,7 @@
-"""Triton Python-backend models: ``preprocess`` (image bytes -> the network's input) and ``classifier``
-(the network's input -> logits, through ``resnet_serve.engines``). Both read everything they need from
-their model configuration, including the model contract (dataset, sizes, mean/std) in its parameters.
+"""Triton Python-backend models: ``preprocess`` (image bytes -> the network's input), ``classifier``
+(the network's input -> logits, through ``resnet_serve.engines``) and ``pipeline`` (image bytes -> logits
+in one model, no ensemble hop). Each reads everything it needs from its model configuration, including
+the model contract (dataset, sizes, mean/std) in its parameters.
 
 A model directory's ``1/model.py`` is a two-line file (``model_file``) that imports one of these modules
 from the installed package, so the code Triton runs is this package's tested code.
@@ -8,7 +9,11 @@ from the installed package, so the code Triton runs is this package's tested cod
 
 from __future__ import annotations
 
-MODULES = {"classifier": f"{__name__}.classifier", "preprocess": f"{__name__}.preprocess"}
+MODULES = {
+    "classifier": f"{__name__}.classifier",
+    "preprocess": f"{__name__}.preprocess",
+    "pipeline": f"{__name__}.pipeline",
+}
 
 
 def parameters(config: dict) -> dict[str, str]:

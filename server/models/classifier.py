@@ -23,55 +23,60 @@ from resnet_serve.server.models import parameters
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.input_name = config["input"][0]["name"]
+        self.input_dtype = pb_utils.triton_string_to_numpy(config["input"][0]["data_type"])
+        # uint8 input: HWC pixels of the training crop, normalised here (a quarter of the bytes of float32)
+        spec = DatasetSpec.from_parameters(parameters(config), args["model_name"])
+        self.spec = spec if self.input_dtype == np.uint8 else None
+        self.load_engine(args, config, f"input {self.input_name} {np.dtype(self.input_dtype).name}")
+
+    def load_engine(self, args: dict, config: dict, describe_input: str) -> None:
+        """The engine named by the parameters ``engine_dir`` and ``threads``; the output from the config."""
         params = parameters(config)
         threads = params.get("threads")
+        version_dir = Path(args["model_repository"]) / args["model_version"]
         self.engine = load_engine(
             version_dir / params.get("engine_dir", "engine"), threads=int(threads) if threads else None
         )
-        info = self.engine.info()
-        self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
-        self.input_dtype = pb_utils.triton_string_to_numpy(config["input"][0]["data_type"])
-        # uint8 input: HWC pixels of the training crop, normalised here (a quarter of the bytes of float32)
-        self.spec = DatasetSpec.from_parameters(params, args["model_name"]) if self.input_dtype == np.uint8 else None
-        self.logger = pb_utils.Logger
-        self.logger.log_info(
-            f"{args['model_name']}: {info['engine']} {info['precision']} "
-            f"({info['threads']} threads), input {self.input_name} "
-            f"{np.dtype(self.input_dtype).name}"
+        info = self.engine.info()
+        pb_utils.Logger.log_info(
+            f"{args['model_name']}: {info['engine']} {info['precision']} ({info['threads']} threads), {describe_input}"
         )
 
     def execute(self, requests):
         if hasattr(self.engine, "infer_torch"):  # the GPU engine: tensors stay on the device (DLPack)
             return self._execute_dlpack(requests)
         responses: list = [None] * len(requests)
-        arrays, good = [], []
+        arrays: dict[int, np.ndarray] = {}
         for i, request in enumerate(requests):
             array = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
             if array.dtype.kind == "f" and not np.isfinite(array).all():  # NaN/Inf logits would be labelled as a class
                 message = f"{self.input_name}: has NaN or infinite values; send finite, normalised pixels"
-                responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
-                )
+                responses[i] = invalid(message)
             else:
-                arrays.append(array)
-                good.append(i)
+                arrays[i] = array
+        return self.classify(arrays, responses)
+
+    def classify(self, arrays: dict[int, np.ndarray], responses: list) -> list:
+        """Run the requests' inputs (request index -> batch) as one engine call and fill in their responses;
+        an engine failure fails every request of this call, with the reason."""
         if not arrays:
             return responses
-        batch = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        parts = list(arrays.values())
+        batch = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if self.spec is not None:
             batch = normalize(batch, self.spec)
         try:
             logits = self.engine.infer(batch).astype(self.output_dtype, copy=False)
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the reason
             error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
-            for i in good:
+            for i in arrays:
                 responses[i] = pb_utils.InferenceResponse(error=error)
             return responses
         start = 0
-        for i, array in zip(good, arrays, strict=True):
+        for i, array in arrays.items():
             tensor = pb_utils.Tensor(self.output_name, logits[start : start + len(array)])
             responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
             start += len(array)
@@ -94,3 +99,8 @@ class TritonPythonModel:
             tensor = pb_utils.Tensor.from_dlpack(self.output_name, torch.utils.dlpack.to_dlpack(part.contiguous()))
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
+
+
+def invalid(message: str):
+    """A response that fails its request alone with INVALID_ARG and ``message``."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))

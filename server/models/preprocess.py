@@ -10,12 +10,31 @@ whose image cannot be used fails alone, with the reason; the other requests of t
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from resnet_serve.resnets.spec import DatasetSpec, ImageError, normalize, preprocess_pixels
 from resnet_serve.server.models import parameters
+
+MEMORY_MESSAGE = "image: decoding it needs more memory than this server has free; send a smaller image"
+
+
+def request_pixels(images: Sequence[bytes], spec: DatasetSpec) -> np.ndarray | str:
+    """One request's encoded images -> uint8 NHWC crops, or the message that fails this request alone
+    (an unusable image, or one within the size limits that still does not fit in memory)."""
+    try:
+        return np.stack(
+            [
+                preprocess_pixels(bytes(data), spec, source=f"image {i}" if len(images) > 1 else "image")
+                for i, data in enumerate(images)
+            ]
+        )
+    except ImageError as exc:
+        return str(exc)
+    except MemoryError:
+        return MEMORY_MESSAGE
 
 
 class TritonPythonModel:
@@ -26,27 +45,15 @@ class TritonPythonModel:
         self.output_name = config["output"][0]["name"]
         self.uint8 = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"]) == np.uint8
 
-    def _one(self, data: bytes, source: str) -> np.ndarray:
-        pixels = preprocess_pixels(bytes(data), self.spec, source=source)
-        return pixels if self.uint8 else normalize(pixels, self.spec)
-
     def execute(self, requests):
         responses = []
         for request in requests:
             images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
-            try:
-                batch = np.stack(
-                    [self._one(data, f"image {i}" if len(images) > 1 else "image") for i, data in enumerate(images)]
-                )
-            except ImageError as exc:  # this request's image is unusable: say why, keep serving the others
-                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+            pixels = request_pixels(images, self.spec)
+            if isinstance(pixels, str):  # this request's image is unusable: say why, keep serving the others
+                error = pb_utils.TritonError(pixels, pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
-            except MemoryError:  # an image within the size limits that still does not fit: only its request fails
-                message = "image: decoding it needs more memory than this server has free; send a smaller image"
-                responses.append(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
-                )
-                continue
+            batch = pixels if self.uint8 else normalize(pixels, self.spec)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)]))
         return responses
