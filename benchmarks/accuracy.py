@@ -1,5 +1,6 @@
 """Top-1/top-5 of every engine on the labelled test split: offline (engine.infer on the preprocessed images)
-and served (the encoded images through each Triton ensemble), with per-image agreement between the two.
+and served (the encoded images through each Triton ensemble, and through the network's default model where
+the tune step made it a one-step model), with per-image agreement between the two.
 Scoring is ``resnets.metrics``, as in export and evaluation. The served path is torch-free."""
 
 from __future__ import annotations
@@ -21,17 +22,25 @@ def summarize(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dic
     return {"n": report["n"], "top1_pct": report["top1"], "top5_pct": report["top5"]}
 
 
-async def _served_logits(url: str, protocol: str, model: str, encoded: list[bytes], batch_size: int, concurrency: int):
+async def _served_logits(
+    url: str, protocol: str, model: str, encoded: list[bytes], batch_size: int, concurrency: int, raw: bool
+):
     if protocol == "grpc":
         import tritonclient.grpc.aio as module
     else:
         import tritonclient.http.aio as module
     client = module.InferenceServerClient(url)
     semaphore = asyncio.Semaphore(concurrency)
+    if raw:  # a one-step model with a ragged UINT8 input: one encoded file per request
+        batch_size = 1
 
     async def one(start: int) -> np.ndarray:
-        data = np.array([[b] for b in encoded[start : start + batch_size]], dtype=np.object_)
-        tensor = module.InferInput("image", list(data.shape), "BYTES")
+        if raw:
+            data = np.frombuffer(encoded[start], dtype=np.uint8)[None, :]
+            tensor = module.InferInput("image", list(data.shape), "UINT8")
+        else:
+            data = np.array([[b] for b in encoded[start : start + batch_size]], dtype=np.object_)
+            tensor = module.InferInput("image", list(data.shape), "BYTES")
         tensor.set_data_from_numpy(data)
         async with semaphore:
             result = await client.infer(model, [tensor])
@@ -45,10 +54,18 @@ async def _served_logits(url: str, protocol: str, model: str, encoded: list[byte
 
 
 def served_logits(
-    url: str, protocol: str, model: str, encoded: list[bytes], *, batch_size: int = 64, concurrency: int = 4
+    url: str,
+    protocol: str,
+    model: str,
+    encoded: list[bytes],
+    *,
+    batch_size: int = 64,
+    concurrency: int = 4,
+    raw: bool = False,
 ) -> np.ndarray:
-    """Logits of an ensemble for encoded images, in order."""
-    return asyncio.run(_served_logits(url, protocol, model, encoded, batch_size, concurrency))
+    """Logits of a model that takes encoded images (an ensemble or a one-step model; ``raw``: its input is
+    one file per request as UINT8 bytes), in order."""
+    return asyncio.run(_served_logits(url, protocol, model, encoded, batch_size, concurrency, raw))
 
 
 def agreement(served: np.ndarray, offline: np.ndarray) -> dict:
@@ -111,6 +128,24 @@ def run_accuracy(ctx, grpc_url: str | None) -> list[dict]:
                         "served_model": served.ensemble,
                         **summarize(logits, labels, classes),
                         **(agreement(logits, offline[served.key]) if served.key in offline else {}),
+                    }
+                )
+            network = ctx.index.network(model)
+            if network.default_model and network.default_path != "ensemble":  # the tuned default: one-step model
+                default = network.default_engine
+                raw = network.default_path == "direct-raw"
+                concurrency = 16 if raw else 4
+                logits = served_logits(
+                    grpc_url, "grpc", network.default_model, images.encoded, raw=raw, concurrency=concurrency
+                )
+                records.append(
+                    {
+                        "engine": default.engine,
+                        "precision": default.precision,
+                        "where": f"served as {network.default_model} ({network.default_path})",
+                        "served_model": network.default_model,
+                        **summarize(logits, labels, classes),
+                        **(agreement(logits, offline[default.key]) if default.key in offline else {}),
                     }
                 )
         base = next((r for r in records if r["engine"] == "pytorch" and r["where"] == "offline"), None)

@@ -89,8 +89,9 @@ def make_context(args) -> Context:
     )
 
 
-def load_exports(ctx: Context) -> None:
-    """The export summary of every model, read once (exporting again where the engines are stale)."""
+def load_exports(ctx: Context, *, tune: bool = True) -> None:
+    """The export summary of every model, read once (exporting again where the engines are stale, and then
+    tuning the rebuilt repository for this host when ``tune``)."""
     stale = {m: why for m in ctx.suite.models if (why := stale_export(ctx.build_dir / m))}
     if stale:
         from resnet_serve.export.default_repository import build_default_repository
@@ -101,6 +102,10 @@ def load_exports(ctx: Context) -> None:
             "; ".join(f"{m}: {why}" for m, why in stale.items()),
         )
         build_default_repository(ctx.repository, ctx.build_dir, cifar_dir=ctx.cifar_dir)
+        if tune:  # the repository this run serves: tuned for this host, as the main job does
+            from resnet_serve.benchmarks.tune import tune_default_repository
+
+            tune_default_repository(ctx.repository, ctx.build_dir)
     ctx.exports = {m: ExportSummary.load(ctx.build_dir / m) for m in ctx.suite.models}
 
 
@@ -178,7 +183,7 @@ def benchmark(args) -> int:
         "ratios": {},
     }
     if suite.offline or (suite.accuracy and suite.offline_accuracy):
-        load_exports(ctx)
+        load_exports(ctx, tune=not args.url)
     if suite.offline:
         from resnet_serve.benchmarks.offline import run_offline
 

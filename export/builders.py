@@ -107,6 +107,7 @@ def build_onnxruntime(ctx: BuildContext, precision: str) -> Built:
         "calibration": {
             "images": len(ctx.calibration.images()[0]),
             "source": str(ctx.calibration.directory),
+            "seed": ctx.config.seed,
             "activations": "uint8 asymmetric",
             "weights": "int8 symmetric per-channel",
             **chosen,
@@ -130,7 +131,13 @@ def build_openvino(ctx: BuildContext, precision: str) -> Built | Skip:
         calibration = ctx.calibration.images()[0]
         quantize_ir(ctx.onnx_path, directory / "model.xml", calibration, preset=ctx.config.openvino_preset)
         details = {
-            "calibration": {"images": len(calibration), "tool": "nncf.quantize", "preset": ctx.config.openvino_preset}
+            "calibration": {
+                "images": len(calibration),
+                "source": str(ctx.calibration.directory),
+                "seed": ctx.config.seed,
+                "tool": "nncf.quantize",
+                "preset": ctx.config.openvino_preset,
+            }
         }
     else:
         convert_ir(ctx.onnx_path, directory / "model.xml")

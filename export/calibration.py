@@ -53,6 +53,14 @@ def calibration_files(directory: str | Path) -> list[Path]:
     return files
 
 
+def calibration_split(directory: str | Path, size: int, *, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """The image files of a calibration folder that calibration uses (a seeded pick of ``size``) and the
+    rest, in the seeded order: the rest is what accuracy checks may use without bias."""
+    files = calibration_files(directory)
+    order = np.random.default_rng(seed).permutation(len(files))
+    return [files[i] for i in order[:size]], [files[i] for i in order[size:]]
+
+
 def load_calibration_set(
     directory: str | Path, spec: DatasetSpec, size: int, *, seed: int = 0, held_out: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -70,12 +78,10 @@ def load_calibration_set(
             held_out,
         )
         return normalize(pixels[order[:size]], spec), normalize(pixels[order[size : size + held_out]], spec)
-    files = calibration_files(directory)
-    order = np.random.default_rng(seed).permutation(len(files))
-    if len(files) < size:
-        log.warning("calibration data has %d images, fewer than the %d asked for; using all", len(files), size)
-    pick = [files[i] for i in order[:size]]
-    rest = [files[i] for i in order[size : size + held_out]]
+    pick, rest = calibration_split(directory, size, seed=seed)
+    if len(pick) < size:
+        log.warning("calibration data has %d images, fewer than the %d asked for; using all", len(pick), size)
+    rest = rest[:held_out]
 
     def load(paths: list[Path]) -> np.ndarray:
         if not paths:

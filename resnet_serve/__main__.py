@@ -8,7 +8,7 @@
     resnet-serve health ...         python -m server.health
     resnet-serve client ...         python -m client  (classify | models)
     resnet-serve benchmark ...      python benchmarks/run.py
-    resnet-serve sweep ...          python -m resnet_serve.benchmarks.profile_sweep
+    resnet-serve tune ...           python -m benchmarks.tune
 
 Each command takes the same arguments as its ``python -m`` form (``resnet-serve <command> --help``).
 This is the top of the import graph: it imports a command's module only when that command runs.
@@ -68,8 +68,8 @@ def _benchmark(argv):
     return main(argv)
 
 
-def _sweep(argv):
-    from resnet_serve.benchmarks.profile_sweep import main
+def _tune(argv):
+    from resnet_serve.benchmarks.tune import main
 
     return main(argv)
 
@@ -83,7 +83,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "health": (_health, "probe every served model with a real inference (0 healthy, 1 not)"),
     "client": (_client, "classify images with a served model, list served models"),
     "benchmark": (_benchmark, "engines side by side, served load, accuracy, the CI gate"),
-    "sweep": (_sweep, "serving settings side by side"),
+    "tune": (_tune, "measure this host and choose each network's engine and serving setup"),
 }
 
 

@@ -1,4 +1,5 @@
-"""The main job: committed checkpoint -> engines and model repository -> Triton -> classify samples -> quick benchmark.
+"""The main job: committed checkpoint -> engines and model repository -> tuned for this host -> Triton -> classify
+samples -> quick benchmark.
 
 bash scripts/run.sh            # sets up .venv first, then runs this
 .venv/bin/python scripts/main.py [--skip-benchmark] [--repository model_repository] [--build-dir build]
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from resnet_serve import cli, settings
 from resnet_serve.benchmarks import cli as benchmark
+from resnet_serve.benchmarks.tune import tune_default_repository
 from resnet_serve.client import Classifier
 from resnet_serve.client.cli import print_table
 from resnet_serve.export.default_repository import build_default_repository
@@ -72,6 +74,9 @@ def run(args) -> int:
             repository,
         )
         build_default_repository(repository, build_dir, cifar_dir=cifar_dir)
+        log.info("    tuning each network's default model for this host (quick mode) -> %s", build_dir / "tune")
+        for arch, verdict in tune_default_repository(repository, build_dir).items():
+            log.info("    %s: %s", arch, verdict)
     ports = (8000, 8001, 8002) if all(port_free(p) for p in (8000, 8001, 8002)) else (0, 0, 0)
     log.info("2/4 starting the Triton Inference Server on %s", repository)
     with running(repository, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2]) as server:
@@ -79,7 +84,7 @@ def run(args) -> int:
         cifar, imagenet = sample_images(cifar_dir)
         log.info("3/4 classifying sample images over gRPC")
         with Classifier(server.grpc_url, "grpc", "resnet20") as clf:
-            print("\nresnet20 (CIFAR-10, committed checkpoint, engine behind the 'resnet20' ensemble):")
+            print("\nresnet20 (CIFAR-10, committed checkpoint, the engine and path the tune step chose):")
             print_table(clf.classify_detailed(cifar, top_k=3), top_k=3)
         if imagenet:
             with Classifier(server.grpc_url, "grpc", "resnet50") as clf:

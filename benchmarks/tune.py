@@ -1,0 +1,708 @@
+"""Tune a network's served path on the host that will serve it, and write the winner into the repository.
+
+    python -m benchmarks.tune --model resnet20 [--quick] [--concurrency 16] [--p99-ms 100]
+        [--images-per-request 1] [--repository model_repository] [--build-dir build] [--out DIR] [--no-write]
+
+Steps, all measured here (nothing assumed about the CPU):
+1. the host: cores this process may use, VNNI/AMX/bf16 from /proc/cpuinfo, the GPU if any;
+2. accuracy of every exported engine against FP32 on held-out images (not the calibration images): top-1
+   within ``--top1-tolerance`` points where the images are labelled and the weights trained, else top-1
+   agreement with FP32 of at least ``--min-agreement`` %; bf16 only where the CPU runs it natively;
+3. offline figures of each accurate engine: engine only, and end to end (decode + preprocess + engine, the
+   same JPEGs and threads as served);
+4. served candidates on the real server, closed loop at ``--concurrency``: engine x request path (ensemble,
+   one-step BYTES, one-step raw UINT8), then classifier instances x threads x batching window for the best
+   of those. Every candidate runs ``--repeats`` times, interleaved with the others;
+5. the winner: the highest median throughput whose median p99 is within the budget. If no candidate meets
+   the budget, the closest one is named and nothing is written; if the repeats of the leading candidates
+   disagree by more than 15% (a busy machine) that is said and nothing is written.
+
+Writes OUT/tune.json (every candidate, every repeat, why each lost), OUT/tune.md and OUT/tune.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from resnet_serve import cli, settings
+from resnet_serve.benchmarks.load import Payload, run_load
+from resnet_serve.engines import load_engine
+from resnet_serve.errors import ExitCode, ResnetServeError, UsageError
+from resnet_serve.export.calibration import calibration_split
+from resnet_serve.export.repository import (
+    DEFAULT_ORDER,
+    ServedModelFiles,
+    host_profile,
+    size_class,
+    write_direct_model,
+    write_ensemble_model,
+    write_preprocess_model,
+    write_repository,
+)
+from resnet_serve.export.summary import ExportSummary
+from resnet_serve.resnets.data import scan_image_folder
+from resnet_serve.resnets.env import environment, host_capabilities
+from resnet_serve.resnets.spec import normalize, preprocess_pixels
+from resnet_serve.server import running
+from resnet_serve.server.index import RepositoryIndex
+from resnet_serve.server.triton import descendants
+
+log = logging.getLogger(__name__)
+
+NOISE_LIMIT = 0.15  # repeats of a leading candidate that differ by more than this (max-min over median): busy
+DEFAULT_BUDGET_MS = {"small": 100.0, "large": 1000.0}  # p99 budget by input size (CIFAR-sized / ImageNet-sized)
+
+
+class TuneFailed(ResnetServeError):
+    """The tune step measured but could not choose (no candidate within budget, or a busy machine)."""
+
+    exit_code = ExitCode.FAILED
+
+
+@dataclass(frozen=True)
+class Options:
+    concurrency: int = 16
+    images_per_request: int = 1
+    p99_budget_ms: float | None = None  # None: DEFAULT_BUDGET_MS by input size
+    duration_s: float = 3.0
+    repeats: int = 2
+    engines_served: int = 2  # engines (best offline end to end) taken to the served stage
+    delays_us: tuple[int, ...] = (0, 2000)
+    top1_tolerance: float = 0.3
+    min_agreement_pct: float = 99.0
+    eval_images: int = 2000
+
+    @classmethod
+    def quick(cls, large: bool) -> Options:
+        return cls(duration_s=5.0 if large else 3.0, eval_images=1000)
+
+    @classmethod
+    def full(cls, large: bool) -> Options:
+        return cls(
+            duration_s=10.0 if large else 8.0,
+            repeats=3,
+            engines_served=4,
+            delays_us=(0, 500, 2000, 5000),
+            eval_images=10_000,
+        )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    engine: str  # exported engine key, e.g. "openvino-int8"
+    path: str  # ensemble | direct | direct-raw
+    instances: int
+    threads: int  # engine threads per instance
+    delay_us: int  # dynamic batching window
+    preferred: tuple[int, ...]  # preferred batch sizes
+    role: str = ""  # "untuned default", "FP32 default": the references every report compares against
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.engine} {self.path} {self.instances}x{self.threads}t delay {self.delay_us}us "
+            f"pref {','.join(map(str, self.preferred))}"
+        )
+
+    def profile(self, base, spec):
+        return replace(
+            base,
+            classifier_instances=self.instances,
+            classifier_threads=self.threads,
+            max_queue_delay_us=self.delay_us,
+            preferred_batch_sizes={**base.preferred_batch_sizes, size_class(spec): self.preferred},
+        )
+
+
+@dataclass
+class Measured:
+    candidate: Candidate
+    runs: list[dict] = field(default_factory=list)
+    verdict: str = ""
+
+    @property
+    def throughput(self) -> float:
+        return statistics.median(r["throughput_img_s"] for r in self.runs) if self.runs else 0.0
+
+    @property
+    def p99(self) -> float:
+        values = [r.get("latency_ms_p99") for r in self.runs if r.get("latency_ms_p99") is not None]
+        return statistics.median(values) if values else float("inf")
+
+    @property
+    def errors(self) -> int:
+        return sum(r["errors"] for r in self.runs)
+
+    @property
+    def spread(self) -> float:
+        """How much the repeats disagree: (max - min) / median of the throughput."""
+        values = [r["throughput_img_s"] for r in self.runs]
+        return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 and min(values) > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "label": self.candidate.label,
+            **asdict(self.candidate),
+            "throughput_img_s": round(self.throughput, 1),
+            "latency_ms_p99": round(self.p99, 2) if self.p99 != float("inf") else None,
+            "errors": self.errors,
+            "repeat_spread_pct": round(100 * self.spread, 1),
+            "verdict": self.verdict,
+            "runs": self.runs,
+        }
+
+
+# ---- held-out images and accuracy ------------------------------------------------------------------
+
+
+@dataclass
+class HeldOut:
+    encoded: list[bytes]
+    labels: np.ndarray | None
+    pixels: np.ndarray  # uint8 NHWC, as served
+    source: str
+
+
+def held_out_images(summary: ExportSummary, limit: int, data_dir: Path | None) -> HeldOut:
+    """Images the INT8 calibration did not see: the CIFAR-10 test split for CIFAR models, the ImageNet
+    sample minus the calibration pick for ImageNet models, or ``data_dir`` (an ImageFolder, or flat files)."""
+    spec = summary.model.spec
+    if data_dir is None:
+        data_dir = settings.cifar_dir() / "test" if spec.name == "cifar10" else settings.imagenet_sample_dir()
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UsageError(f"held-out images for {spec.name}: {data_dir} does not exist; pass --eval-data DIR")
+    subfolders = [d for d in data_dir.iterdir() if d.is_dir()]
+    if subfolders:
+        _, samples = scan_image_folder(data_dir)
+        order = np.random.default_rng(0).permutation(len(samples))[:limit]
+        files, labels = [samples[i][0] for i in order], np.array([samples[i][1] for i in order])
+    else:
+        calibration = calibration_details(summary)
+        if calibration and Path(calibration["source"]).resolve() == data_dir.resolve():
+            _, files = calibration_split(data_dir, calibration["images"], seed=calibration.get("seed", 0))
+        else:
+            files = sorted(p for p in data_dir.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        files, labels = files[:limit], None
+    if not files:
+        raise UsageError(f"no held-out images in {data_dir}; pass --eval-data DIR")
+    encoded = [f.read_bytes() for f in files]
+    pixels = np.stack([preprocess_pixels(b, spec, source=str(f)) for b, f in zip(encoded, files, strict=True)])
+    return HeldOut(encoded, labels, pixels, str(data_dir))
+
+
+def calibration_details(summary: ExportSummary) -> dict | None:
+    for artifact in summary.artifacts:
+        details = artifact.details.get("calibration") if artifact.details else None
+        if details and "source" in details:
+            return details
+    return None
+
+
+def logits_of(engine_path: Path, x: np.ndarray, threads: int, batch: int = 64) -> np.ndarray:
+    engine = load_engine(engine_path, threads=threads)
+    return np.concatenate([engine.infer(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def accuracy_check(summary: ExportSummary, held: HeldOut, host: dict, options: Options) -> dict[str, dict]:
+    """Every exported engine against the FP32 reference on the held-out images; ``ok`` says whether it may
+    be served. Top-1 where the images are labelled and the weights trained, else top-1 agreement; where
+    FP32 itself predicts almost one class (e.g. random weights), agreement proves little, so the centred
+    logits must also match (cosine >= 0.99), and the report says so."""
+    spec = summary.model.spec
+    x = normalize(held.pixels, spec)
+    artifacts = [a for a in summary.artifacts if a.runnable and a.engine in ("onnxruntime", "openvino")]
+    reference = next((a for a in artifacts if a.precision == "fp32"), None)
+    if reference is None:
+        raise UsageError(f"{summary.model.name} has no FP32 engine to compare with; export fp32 too")
+    ref = logits_of(Path(reference.path), x, host["cores"])
+    labelled = held.labels is not None and summary.model.weights != "random"
+    distinct = len(set(ref.argmax(1).tolist()))
+    degenerate = distinct < min(10, max(2, len(x) // 5))
+    results = {}
+    for artifact in artifacts:
+        logits = ref if artifact is reference else logits_of(Path(artifact.path), x, host["cores"])
+        agree = 100.0 * float((logits.argmax(1) == ref.argmax(1)).mean())
+        centred = [v - v.mean(1, keepdims=True) for v in (logits, ref)]
+        cosine = float(
+            np.min(
+                (centred[0] * centred[1]).sum(1)
+                / np.linalg.norm(centred[0], axis=1)
+                / np.linalg.norm(centred[1], axis=1)
+            )
+        )
+        row = {
+            "engine": artifact.name,
+            "images": len(x),
+            "reference": reference.name,
+            "top1_agreement_pct": round(agree, 2),
+            "min_logit_cosine": round(cosine, 5),
+        }
+        if labelled:
+            top1 = 100.0 * float((logits.argmax(1) == held.labels).mean())
+            ref_top1 = 100.0 * float((ref.argmax(1) == held.labels).mean())
+            row.update(top1_pct=round(top1, 2), top1_delta_pct=round(top1 - ref_top1, 2))
+            ok, why = top1 >= ref_top1 - options.top1_tolerance, f"top-1 {top1 - ref_top1:+.2f} points vs FP32"
+        else:
+            ok, why = agree >= options.min_agreement_pct, f"top-1 agreement with FP32 {agree:.1f}%"
+            if degenerate:
+                ok = ok and cosine >= 0.99
+                why += (
+                    f" (FP32 predicts only {distinct} distinct classes on these images, so agreement proves little; "
+                    f"centred logits cosine >= {cosine:.4f})"
+                )
+        if artifact.precision == "bf16" and not host["native_bf16"]:
+            ok, why = False, "this CPU has no native bf16 (no avx512_bf16 / amx_bf16): it would run emulated"
+        row.update(ok=bool(ok), why=why)
+        results[artifact.name] = row
+        log.info("tune accuracy %-18s %s: %s", artifact.name, "ok" if ok else "REJECTED", why)
+    return results
+
+
+# ---- offline figures -------------------------------------------------------------------------------
+
+
+def offline_figures(engine_path: Path, held: HeldOut, spec, threads: int, batch: int, seconds: float) -> dict:
+    """Engine-only img/s on preprocessed batches, and end to end (decode + preprocess + engine, one image
+    after another as the served model does) on the same JPEGs, with the same threads."""
+    engine = load_engine(engine_path, threads=threads)
+    x = normalize(held.pixels[np.arange(batch) % len(held.pixels)], spec)
+    engine.infer(x)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        engine.infer(x)
+        done += batch
+    engine_only = done / (time.perf_counter() - start)
+    done, start, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        chunk = [held.encoded[(i + k) % len(held.encoded)] for k in range(batch)]
+        pixels = np.stack([preprocess_pixels(b, spec) for b in chunk])
+        engine.infer(normalize(pixels, spec))
+        done, i = done + batch, i + batch
+    end_to_end = done / (time.perf_counter() - start)
+    return {
+        "batch": batch,
+        "threads": threads,
+        "engine_img_s": round(engine_only, 1),
+        "end_to_end_img_s": round(end_to_end, 1),
+    }
+
+
+# ---- served measurement ----------------------------------------------------------------------------
+
+
+def payload_for(model: str, path: str, held: HeldOut, images_per_request: int, requests: int = 256) -> Payload:
+    encoded = held.encoded
+    if path == "direct-raw":
+        batches = [np.frombuffer(encoded[i % len(encoded)], np.uint8)[None, :] for i in range(requests)]
+        return Payload(model, "image", "UINT8", batches, "jpeg (raw bytes)")
+    batches = []
+    for r in range(requests):
+        rows = [encoded[(r * images_per_request + k) % len(encoded)] for k in range(images_per_request)]
+        batches.append(np.array(rows, dtype=np.object_).reshape(-1, 1))
+    return Payload(model, "image", "BYTES", batches, f"jpeg x{images_per_request}")
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def process_role(pid: int, own: int) -> str:
+    if pid == own:
+        return "client"
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return "other"
+    return "server" if command.endswith("tritonserver") else "models"
+
+
+def measure(
+    candidates: list[Candidate], files: ServedModelFiles, held: HeldOut, options: Options, base
+) -> list[Measured]:
+    """Serve every candidate from one repository on the real server and drive each in closed loop,
+    ``options.repeats`` rounds with the candidates interleaved (a busy spell shows up as disagreement)."""
+    spec = files.spec
+    results = [Measured(c) for c in candidates]
+    with tempfile.TemporaryDirectory(prefix="resnet-serve-tune-") as tmp:
+        repo = Path(tmp) / "repository"
+        preprocess = write_preprocess_model(repo, files, base)
+        names = []
+        for i, c in enumerate(candidates):
+            name = f"candidate_{i:02d}"
+            profile = c.profile(base, spec)
+            if c.path == "ensemble":
+                write_ensemble_model(repo, name, files, c.engine, profile, preprocess)
+            else:
+                write_direct_model(repo, name, files, c.engine, profile, raw=c.path == "direct-raw")
+            names.append(name)
+        with running(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout_s=600.0) as server:
+            own = os.getpid()
+            for round_ in range(options.repeats):
+                order = list(range(len(candidates)))
+                order = order[round_ % len(order) :] + order[: round_ % len(order)]
+                for i in order:
+                    c, name = candidates[i], names[i]
+                    payload = payload_for(name, c.path, held, options.images_per_request)
+                    stats = [name] if c.path != "ensemble" else [name, preprocess, f"{name}_classifier"]
+                    if round_ == 0:  # warm the engine, the batcher and the connection before measuring
+                        asyncio.run(
+                            run_load(
+                                server.grpc_url,
+                                "grpc",
+                                payload,
+                                stats_models=stats,
+                                concurrency=options.concurrency,
+                                duration_s=1.0,
+                            )
+                        )
+                    pids = [own, *descendants(own)]
+                    before = cpu_seconds(pids)
+                    r = asyncio.run(
+                        run_load(
+                            server.grpc_url,
+                            "grpc",
+                            payload,
+                            stats_models=stats,
+                            concurrency=options.concurrency,
+                            duration_s=options.duration_s,
+                        )
+                    )
+                    after = cpu_seconds(pids)
+                    cpu: dict[str, float] = {}
+                    for pid, end in after.items():
+                        role = process_role(pid, own)
+                        cpu[role] = cpu.get(role, 0.0) + end - before.get(pid, end)
+                    images = max(1, r["requests_ok"] * payload.images_per_request)
+                    run = {
+                        "round": round_,
+                        **{
+                            k: r.get(k)
+                            for k in ("throughput_img_s", "latency_ms_p50", "latency_ms_p99", "errors", "requests_ok")
+                        },
+                        "error_examples": r["error_examples"],
+                        "cpu_us_per_image": {k: round(1e6 * v / images, 1) for k, v in sorted(cpu.items())},
+                        "avg_batch": {m: s.get("avg_batch_size") for m, s in r["server"].items()},
+                    }
+                    results[i].runs.append(run)
+                    log.info(
+                        "tune %-62s round %d: %8.1f img/s  p99 %7.2f ms  errors %d",
+                        c.label,
+                        round_,
+                        run["throughput_img_s"],
+                        run["latency_ms_p99"] or float("nan"),
+                        run["errors"],
+                    )
+    return results
+
+
+# ---- choosing --------------------------------------------------------------------------------------
+
+
+def choose(measured: list[Measured], budget_ms: float) -> tuple[Measured | None, str]:
+    """The winner and the verdict ("ok", "impossible budget: ...", "noisy: ..."); every candidate's
+    ``verdict`` says why it won or lost."""
+    eligible = [m for m in measured if m.errors == 0 and m.p99 <= budget_ms]
+    for m in measured:
+        if m.errors:
+            m.verdict = f"{m.errors} failed requests ({(m.runs[-1]['error_examples'] or ['?'])[0]})"
+        elif m.p99 > budget_ms:
+            m.verdict = f"p99 {m.p99:.1f} ms is over the {budget_ms:g} ms budget"
+    if not eligible:
+        finite = [m for m in measured if m.errors == 0] or measured
+        closest = min(finite, key=lambda m: m.p99)
+        over = closest.p99 - budget_ms
+        return None, (
+            f"impossible budget: no candidate kept p99 within {budget_ms:g} ms; "
+            f"the closest was {closest.candidate.label} "
+            f"with p99 {closest.p99:.1f} ms ({over:.1f} ms, {100 * over / budget_ms:.0f}% over) at "
+            f"{closest.throughput:.0f} img/s; raise --p99-ms or lower --concurrency"
+        )
+    eligible.sort(key=lambda m: m.throughput, reverse=True)
+    leaders = eligible[:3]
+    noisy = [m for m in leaders if m.spread > NOISE_LIMIT]
+    if noisy:
+        worst = max(noisy, key=lambda m: m.spread)
+        for m in noisy:
+            m.verdict = f"repeats disagree by {100 * m.spread:.0f}%"
+        return None, (
+            f"noisy: the repeats of {len(noisy)} leading candidate(s) disagree by up to {100 * worst.spread:.0f}% "
+            f"(more than {100 * NOISE_LIMIT:.0f}%; worst: {worst.candidate.label}); this machine is busy, so the "
+            "ranking would be noise. Rerun when it is quiet (or with more --repeats / a longer --duration)"
+        )
+    winner = eligible[0]
+    winner.verdict = "winner"
+    for m in eligible[1:]:
+        m.verdict = f"{100 * (1 - m.throughput / winner.throughput):.1f}% less throughput than the winner"
+    return winner, "ok"
+
+
+# ---- the stages ------------------------------------------------------------------------------------
+
+
+def baseline_engine(keys: list[str]) -> str:
+    return next((k for k in DEFAULT_ORDER if k in keys), keys[0])
+
+
+def tune(
+    export_dir: Path,
+    repository: Path | None,
+    options: Options,
+    *,
+    data_dir: Path | None = None,
+    sample_image: Path | None = None,
+    report: Path | None = None,
+) -> dict:
+    summary = ExportSummary.load(export_dir)
+    spec = summary.model.spec
+    host = host_capabilities()
+    cores = host["cores"]
+    budget = options.p99_budget_ms or DEFAULT_BUDGET_MS[size_class(spec)]
+    base = host_profile()
+    files = ServedModelFiles.load(export_dir, base, sample_image)
+    held = held_out_images(summary, options.eval_images, data_dir)
+    started = time.time()
+
+    accuracy = accuracy_check(summary, held, host, options)
+    accurate = [k for k, row in accuracy.items() if row["ok"]]
+    batch = min(64, base.max_batch(spec))
+    offline = {k: offline_figures(Path(summary.artifact(k).path), held, spec, cores, batch, 1.5) for k in accurate}
+    ranked = sorted(accurate, key=lambda k: offline[k]["end_to_end_img_s"], reverse=True)
+
+    keys = [a.name for a in summary.artifacts if a.runnable]
+    untuned = Candidate(
+        baseline_engine(keys),
+        "ensemble",
+        1,
+        cores,
+        base.max_queue_delay_us,
+        base.preferred(spec),
+        role="untuned default",
+    )
+    fp32_keys = [k for k in keys if k.endswith("-fp32")]
+    fp32 = replace(untuned, engine=baseline_engine(fp32_keys), role="FP32 default") if fp32_keys else None
+    paths = ("ensemble", "direct") + (("direct-raw",) if options.images_per_request == 1 else ())
+    stage1 = [untuned] + ([fp32] if fp32 and fp32.engine != untuned.engine else [])
+    for engine in ranked[: options.engines_served]:
+        for path in paths:
+            c = replace(untuned, engine=engine, path=path, role="")
+            if c not in [replace(s, role="") for s in stage1]:
+                stage1.append(c)
+    log.info("tune %s: stage 1, %d candidates (engine x request path)", summary.model.name, len(stage1))
+    first = measure(stage1, files, held, options, base)
+    servable = [m for m in first if m.candidate.engine in accurate]
+    best, _ = choose(servable, budget) if servable else (None, "")
+    lead = best or max(servable or first, key=lambda m: m.throughput)
+
+    # stage 2: how the leading engine and path are served (instances x threads x batching window)
+    c0 = lead.candidate
+    in_flight = options.concurrency * options.images_per_request
+    splits = sorted({(1, cores), (2, max(1, cores // 2)), (cores, 1)})
+    stage2 = []
+    for instances, threads in splits:
+        preferred = (max(1, min(base.max_batch(spec), in_flight // instances)),)
+        for delay in options.delays_us:
+            c = Candidate(c0.engine, c0.path, instances, threads, delay, preferred)
+            if c != replace(c0, role=""):
+                stage2.append(c)
+    log.info("tune %s: stage 2, %d candidates (instances x threads x batching)", summary.model.name, len(stage2))
+    second = measure(stage2, files, held, options, base) if stage2 else []
+
+    everything = [m for m in first + second if m.candidate.engine in accurate or m.candidate.role]
+    contenders = [m for m in everything if m.candidate.engine in accurate]
+    winner, verdict = choose(contenders, budget)
+    for m in everything:
+        if m.candidate.engine not in accurate:
+            m.verdict = f"not servable: {accuracy.get(m.candidate.engine, {}).get('why', 'no accuracy check')}"
+
+    references = {m.candidate.role: m for m in everything if m.candidate.role}
+    result = {
+        "model": summary.model.name,
+        "weights": summary.model.weights,
+        "host": host,
+        "environment": environment(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "options": {**asdict(options), "p99_budget_ms": budget},
+        "held_out": {"images": len(held.encoded), "labelled": held.labels is not None, "source": held.source},
+        "accuracy": accuracy,
+        "offline": offline,
+        "candidates": [m.as_dict() for m in everything],
+        "verdict": verdict,
+        "winner": winner.as_dict() if winner else None,
+        "references": {
+            role: {"label": m.candidate.label, "throughput_img_s": round(m.throughput, 1), "latency_ms_p99": m.p99}
+            for role, m in references.items()
+        },
+    }
+    if winner:
+        result["ratios"] = {
+            f"winner_over_{role.replace(' ', '_')}": round(winner.throughput / m.throughput, 2)
+            for role, m in references.items()
+            if m.throughput
+        }
+        figures = offline.get(winner.candidate.engine)
+        if figures:
+            result["ratios"]["served_over_offline_engine_only"] = round(winner.throughput / figures["engine_img_s"], 2)
+            result["ratios"]["served_over_offline_end_to_end"] = round(
+                winner.throughput / figures["end_to_end_img_s"], 2
+            )
+    result["report"] = str(report) if report else None
+    if winner and repository is not None:
+        write_winner(repository, export_dir, files, winner, base, result, sample_image)
+    return result
+
+
+def evidence(result: dict) -> dict:
+    """What the repository index records of a tuning: the choice, its figures and where the report is."""
+    w = result["winner"]
+    return {
+        "choice": w["label"],
+        "throughput_img_s": w["throughput_img_s"],
+        "latency_ms_p99": w["latency_ms_p99"],
+        "budget_ms": result["options"]["p99_budget_ms"],
+        "concurrency": result["options"]["concurrency"],
+        "accuracy": result["accuracy"][w["engine"]]["why"],
+        "ratios": result.get("ratios", {}),
+        "host": {k: result["host"][k] for k in ("cpu_model", "cores", "flags")},
+        "tuned": result["started"],
+        "report": result.get("report"),
+    }
+
+
+def write_winner(repository: Path, export_dir: Path, files, winner: Measured, base, result: dict, sample_image) -> None:
+    c = winner.candidate
+    existing = RepositoryIndex.load(repository).networks.get(files.arch)
+    engines = tuple(e.key for e in existing.engines) if existing else None
+    write_repository(
+        repository,
+        export_dir,
+        profile=c.profile(base, files.spec),
+        sample_image=sample_image,
+        engines=engines,
+        default_engine=c.engine,
+        default_path=c.path,
+        tuning=evidence(result),
+    )
+    log.info("tune %s: wrote the winner into %s: %s", files.arch, repository, c.label)
+
+
+def tune_default_repository(repository: Path, build_dir: Path, out_root: Path | None = None) -> dict[str, str]:
+    """Tune every network of a repository built by ``export.default_repository`` (quick mode) and write each
+    winner into it; a network whose tuning cannot choose keeps its untuned default, and the index says why.
+    Returns each network's verdict."""
+    from resnet_serve.benchmarks import tune_report
+
+    verdicts = {}
+    index = RepositoryIndex.load(repository)
+    for arch in list(index.networks):
+        export_dir = build_dir / arch
+        large = size_class(ExportSummary.load(export_dir).model.spec) == "large"
+        out = (out_root or build_dir / "tune") / arch
+        result = tune(export_dir, repository, Options.quick(large), report=out / "tune.md")
+        result["command"] = f"python -m benchmarks.tune --model {arch} --quick"
+        tune_report.write(result, out)
+        verdicts[arch] = result["verdict"]
+        if result["winner"] is None:
+            log.warning("tune %s: kept the untuned default (%s)", arch, result["verdict"])
+            index = RepositoryIndex.load(repository)
+            index.networks[arch].tuning = {"verdict": result["verdict"], "report": str(out / "tune.md")}
+            index.save(repository)
+    return verdicts
+
+
+# ---- CLI -------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet20", help="the exported network (a folder of --build-dir)")
+    p.add_argument("--build-dir", type=Path, help=f"exported engines (default: ${settings.BUILD_ENV} or build)")
+    p.add_argument("--repository", type=Path, help=f"where the winner goes (default: ${settings.REPOSITORY_ENV})")
+    p.add_argument("--no-write", action="store_true", help="measure and report only")
+    p.add_argument("--quick", action="store_true", help="short runs, 2 repeats, 2 engines served (< 5 min on 2 cores)")
+    p.add_argument("--concurrency", type=int, help="requests in flight (default 16)")
+    p.add_argument("--images-per-request", type=int, help="JPEGs per request (default 1)")
+    p.add_argument(
+        "--p99-ms", type=float, help="p99 latency budget (default 100 ms CIFAR-sized, 1000 ms ImageNet-sized)"
+    )
+    p.add_argument("--duration", type=float, help="seconds per measurement")
+    p.add_argument("--repeats", type=int, help="measurements per candidate (>= 2 to detect a busy machine)")
+    p.add_argument("--eval-data", type=Path, help="held-out images (ImageFolder with labels, or a flat folder)")
+    p.add_argument("--sample-image", type=Path, help="warmup image for the written models")
+    p.add_argument("--out", type=Path, help="report folder (default benchmarks/results/tune/<model>)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def options_from(args, large: bool) -> Options:
+    options = Options.quick(large) if args.quick else Options.full(large)
+    changes = {
+        "concurrency": args.concurrency,
+        "images_per_request": args.images_per_request,
+        "p99_budget_ms": args.p99_ms,
+        "duration_s": args.duration,
+        "repeats": args.repeats,
+    }
+    options = replace(options, **{k: v for k, v in changes.items() if v is not None})
+    for name in ("concurrency", "images_per_request", "repeats"):
+        if getattr(options, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if options.duration_s <= 0 or (options.p99_budget_ms is not None and options.p99_budget_ms <= 0):
+        raise UsageError("--duration and --p99-ms must be positive")
+    return options
+
+
+def run(args) -> int:
+    from resnet_serve.benchmarks import tune_report
+
+    export_dir = settings.build_dir(args.build_dir) / args.model
+    if not (export_dir / "export.json").is_file():
+        raise UsageError(f"no export of {args.model} in {export_dir}; run python -m export first")
+    large = size_class(ExportSummary.load(export_dir).model.spec) == "large"
+    options = options_from(args, large)
+    repository = None if args.no_write else settings.repository_dir(args.repository)
+    out = args.out or Path("benchmarks") / "results" / "tune" / args.model
+    result = tune(
+        export_dir, repository, options, data_dir=args.eval_data, sample_image=args.sample_image, report=out / "tune.md"
+    )
+    result["command"] = "python -m benchmarks.tune " + " ".join(sys.argv[1:])
+    tune_report.write(result, out)
+    print(
+        json.dumps(
+            {k: result[k] for k in ("model", "verdict", "ratios") if k in result}
+            | {"winner": (result["winner"] or {}).get("label")},
+            indent=2,
+        )
+    )
+    if result["winner"] is None:
+        raise TuneFailed(result["verdict"])
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), run, argv, quiet=("resnet_serve.server",))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The tune step's report: tune.json (everything measured), tune.md (built only from that JSON) and
+tune.png (served throughput against p99 for every candidate, the budget as a line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "tune.md").write_text(markdown(result))
+    plot(result, out / "tune.png")
+
+
+def _flags(host: dict) -> str:
+    return ", ".join(host["flags"]) or "none of the tracked ones"
+
+
+def markdown(r: dict) -> str:
+    o, host = r["options"], r["host"]
+    lines = [
+        f"# Tune: {r['model']} on {host['cpu_model']} ({host['cores']} cores)",
+        "",
+        f"{r['started']}; {r['seconds']:.0f} s. CPU flags: {_flags(host)}; GPU: {host['gpu'] or 'none'}. "
+        f"Commit {r['environment']['git_commit']}.",
+        f"Reproduce: `{r.get('command', 'python -m benchmarks.tune --model ' + r['model'])}`.",
+        "",
+        f"Objective: the highest served throughput (JPEG in, closed loop, concurrency {o['concurrency']}, "
+        f"{o['images_per_request']} image(s) per request, client on the same cores) whose median p99 stays within "
+        f"{o['p99_budget_ms']:g} ms; {o['repeats']} repeats of {o['duration_s']:g} s per candidate, interleaved.",
+        "",
+        f"**Verdict: {r['verdict']}**" + (f" — winner: {r['winner']['label']}" if r["winner"] else ""),
+        "",
+    ]
+    if r.get("ratios"):
+        lines += ["| ratio | value |", "|---|---:|"]
+        lines += [f"| {k.replace('_', ' ')} | {v:.2f}x |" for k, v in r["ratios"].items()]
+        lines.append("")
+    held = r["held_out"]
+    lines += [
+        f"## Accuracy ({held['images']} held-out images from {held['source']}, "
+        f"{'labelled' if held['labelled'] else 'unlabelled'}; weights: {r['weights']})",
+        "",
+        "| engine | top-1 agreement with FP32 | top-1 delta (points) | min logit cosine | servable | why |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for a in r["accuracy"].values():
+        delta = f"{a['top1_delta_pct']:+.2f}" if "top1_delta_pct" in a else "-"
+        lines.append(
+            f"| {a['engine']} | {a['top1_agreement_pct']:.2f}% | {delta} | {a['min_logit_cosine']:.4f} | "
+            f"{'yes' if a['ok'] else 'no'} | {a['why']} |"
+        )
+    lines += [
+        "",
+        "## Offline (same images, same threads)",
+        "",
+        "| engine | batch | threads | engine only img/s | end to end img/s (decode + preprocess + engine) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for engine, f in r["offline"].items():
+        lines.append(
+            f"| {engine} | {f['batch']} | {f['threads']} | {f['engine_img_s']:,.0f} | {f['end_to_end_img_s']:,.0f} |"
+        )
+    lines += [
+        "",
+        "## Served candidates",
+        "",
+        "| candidate | role | img/s (median) | p99 ms (median) | repeat spread "
+        "| CPU us/image (client / server / models) | verdict |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for c in sorted(r["candidates"], key=lambda c: -c["throughput_img_s"]):
+        cpu = c["runs"][-1]["cpu_us_per_image"] if c["runs"] else {}
+        cpu_text = " / ".join(f"{cpu.get(k, 0):.0f}" for k in ("client", "server", "models"))
+        p99 = f"{c['latency_ms_p99']:.1f}" if c["latency_ms_p99"] is not None else "-"
+        lines.append(
+            f"| {c['label']} | {c['role'] or ''} | {c['throughput_img_s']:,.0f} | {p99} | "
+            f"{c['repeat_spread_pct']:.0f}% | {cpu_text} | {c['verdict']} |"
+        )
+    lines += [
+        "",
+        "Paths: `ensemble` = preprocess model -> classifier model (two Python-backend hops); `direct` = one model "
+        "decodes, preprocesses and runs the engine (BYTES input); `direct-raw` = the same with one JPEG per request "
+        "as UINT8 bytes (ragged batching, no BYTES deserialisation). `AxBt` = A classifier instances of B engine "
+        "threads; `delay` = the dynamic batcher's window; `pref` = preferred batch sizes.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = {"ensemble": "o", "direct": "s", "direct-raw": "^"}
+    for c in result["candidates"]:
+        if c["latency_ms_p99"] is None:
+            continue
+        won = result["winner"] and c["label"] == result["winner"]["label"]
+        ax.scatter(
+            c["latency_ms_p99"],
+            c["throughput_img_s"],
+            marker=markers.get(c["path"], "o"),
+            s=90 if won or c["role"] else 40,
+            color="tab:green" if won else ("tab:red" if c["role"] else "tab:blue"),
+            alpha=0.9,
+        )
+        if won or c["role"]:
+            ax.annotate(
+                "winner" if won else c["role"],
+                (c["latency_ms_p99"], c["throughput_img_s"]),
+                fontsize=8,
+                xytext=(5, 5),
+                textcoords="offset points",
+            )
+    budget = result["options"]["p99_budget_ms"]
+    ax.axvline(budget, color="gray", linestyle="--", label=f"p99 budget {budget:g} ms")
+    for request_path, marker in markers.items():
+        ax.scatter([], [], marker=marker, color="tab:blue", label=request_path)
+    ax.set_xlabel("p99 latency (ms, median of repeats)")
+    ax.set_ylabel("served images/s (median of repeats)")
+    o, host = result["options"], result["host"]
+    ax.set_title(
+        f"{result['model']}: candidates at concurrency {o['concurrency']}, {o['images_per_request']} img/request\n"
+        f"{host['cpu_model']}, {host['cores']} cores",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

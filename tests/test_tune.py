@@ -1,0 +1,241 @@
+"""The one-step served path (decode + preprocess + engine in one model, BYTES or raw UINT8 input), the client's
+choice of input form, and the tune step: host facts, accuracy gating, choosing (budget, noise) and a real run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import IMAGENET_SAMPLE
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from resnet_serve.benchmarks import tune
+from resnet_serve.benchmarks.accuracy import served_logits
+from resnet_serve.export.calibration import calibration_split, load_calibration_set
+from resnet_serve.export.repository import ServedModelFiles, host_profile, write_direct_model, write_repository
+from resnet_serve.resnets.data import scan_image_folder
+from resnet_serve.resnets.env import host_capabilities
+from resnet_serve.resnets.spec import IMAGENET
+from resnet_serve.server.index import RepositoryIndex
+
+
+def cifar_files(cifar_jpg: Path, count: int) -> tuple[list[bytes], np.ndarray]:
+    _, samples = scan_image_folder(cifar_jpg / "test")
+    picked = samples[:: len(samples) // count][:count]
+    return [p.read_bytes() for p, _ in picked], np.array([label for _, label in picked])
+
+
+@pytest.fixture(scope="module")
+def direct_server(default_repository, tmp_path_factory):
+    """A repository whose ``resnet20`` is the one-step raw-bytes model, beside a one-step BYTES model and the
+    ensemble of the same engine, on the real server."""
+    from resnet_serve.server import running
+
+    repo = tmp_path_factory.mktemp("direct") / "repository"
+    export_dir = default_repository / "build" / "resnet20"
+    write_repository(repo, export_dir, engines=("onnxruntime-fp32",), default_path="direct-raw")
+    write_direct_model(
+        repo,
+        "resnet20_direct",
+        ServedModelFiles.load(export_dir, host_profile()),
+        "onnxruntime-fp32",
+        host_profile(),
+        raw=False,
+    )
+    with running(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+        yield repo, server
+
+
+def test_direct_model_configs(direct_server):
+    repo, _ = direct_server
+    raw = text_format.Parse((repo / "resnet20" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert raw.backend == "python" and raw.input[0].data_type == model_config_pb2.TYPE_UINT8
+    assert list(raw.input[0].dims) == [-1] and raw.input[0].allow_ragged_batch
+    assert (repo / "resnet20" / "1" / "engine" / "engine.json").is_file()
+    assert (repo / "resnet20" / "warmup" / "sample").read_bytes()[:2] == b"\xff\xd8"  # the JPEG itself, no prefix
+    assert int(raw.parameters["threads"].string_value) == len(os.sched_getaffinity(0))  # the host's cores
+    as_bytes = text_format.Parse(
+        (repo / "resnet20_direct" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    assert as_bytes.input[0].data_type == model_config_pb2.TYPE_STRING and not as_bytes.input[0].allow_ragged_batch
+    network = RepositoryIndex.load(repo).network("resnet20")
+    assert network.default_path == "direct-raw" and network.default == "onnxruntime-fp32"
+
+
+def test_one_step_models_answer_exactly_as_the_ensemble(direct_server, cifar_jpg):
+    _, server = direct_server
+    encoded, labels = cifar_files(cifar_jpg, 40)
+    ensemble = served_logits(server.grpc_url, "grpc", "resnet20_onnxruntime_fp32", encoded)
+    direct = served_logits(server.grpc_url, "grpc", "resnet20_direct", encoded)
+    raw = served_logits(server.grpc_url, "grpc", "resnet20", encoded, raw=True, concurrency=8)
+    np.testing.assert_allclose(direct, ensemble, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(raw, ensemble, rtol=0, atol=1e-5)
+    assert (raw.argmax(1) == labels).mean() > 0.8
+
+
+def test_client_sends_raw_bytes_one_per_request(direct_server, cifar_jpg):
+    from resnet_serve.client import Classifier
+
+    _, server = direct_server
+    encoded, labels = cifar_files(cifar_jpg, 12)
+    with (
+        Classifier(server.grpc_url, "grpc", "resnet20") as raw,
+        Classifier(server.http_url, "http", "resnet20_direct") as b,
+    ):
+        assert raw.info.kind == "raw" and b.info.kind == "ensemble"
+        got = [p[0].index for p in raw.classify(encoded, top_k=1)]
+        assert got == [p[0].index for p in b.classify(encoded, top_k=1)]
+        results = raw.classify_detailed([encoded[0], b"not an image at all", encoded[1]], top_k=1)
+    assert results[0].ok and results[2].ok
+    assert not results[1].ok and "not a decodable image" in results[1].error
+
+
+def test_raw_path_isolates_a_bad_image_among_batched_good_ones(direct_server, cifar_jpg):
+    import tritonclient.grpc.aio as grpcclient
+
+    _, server = direct_server
+    encoded, _ = cifar_files(cifar_jpg, 15)
+    expected = served_logits(server.grpc_url, "grpc", "resnet20_onnxruntime_fp32", encoded)
+
+    async def send(data: np.ndarray):
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        try:
+            tensor = grpcclient.InferInput("image", list(data.shape), "UINT8")
+            tensor.set_data_from_numpy(data)
+            return (await client.infer("resnet20", [tensor])).as_numpy("logits")
+        except Exception as exc:  # noqa: BLE001 - the test inspects the refusal
+            return exc
+        finally:
+            await client.close()
+
+    async def all_at_once():
+        good = [np.frombuffer(b, np.uint8)[None, :] for b in encoded]
+        bad = [np.frombuffer(b"\x89PNG\r\n\x1a\n broken", np.uint8)[None, :], np.stack([good[0][0], good[0][0]])]
+        return await asyncio.gather(*(send(x) for x in good[:8] + bad + good[8:]))
+
+    outcomes = asyncio.run(all_at_once())
+    refused = outcomes[8:10]
+    answered = outcomes[:8] + outcomes[10:]
+    for i, logits in enumerate(answered):
+        np.testing.assert_allclose(logits[0], expected[i], atol=1e-5)
+    assert "INVALID_ARG" in str(refused[0].status()) and "decodable" in refused[0].message()
+    assert "one encoded image per request" in refused[1].message()
+
+
+# ---- the tune step -----------------------------------------------------------------------------------
+
+
+def test_host_capabilities_come_from_the_os():
+    host = host_capabilities()
+    assert host["cores"] == len(os.sched_getaffinity(0))
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].splitlines()[0].split()
+    assert set(host["flags"]) == {f for f in tune_flags() if f in flags}
+    assert host["native_bf16"] == bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    assert host_profile().classifier_threads == host["cores"]
+
+
+def tune_flags():
+    from resnet_serve.resnets.env import CAPABILITY_FLAGS
+
+    return CAPABILITY_FLAGS
+
+
+def measured(label: str, throughputs: list[float], p99s: list[float], errors: int = 0) -> tune.Measured:
+    candidate = tune.Candidate(label, "direct", 1, 2, 0, (16,))
+    runs = [
+        {"throughput_img_s": t, "latency_ms_p99": p, "errors": errors, "error_examples": ["boom"] if errors else []}
+        for t, p in zip(throughputs, p99s, strict=True)
+    ]
+    return tune.Measured(candidate, runs)
+
+
+def test_choose_takes_the_fastest_within_budget_and_says_why_others_lost():
+    fast_but_slow_tail = measured("a", [900, 910], [80, 82])
+    best = measured("b", [700, 720], [20, 22])
+    second = measured("c", [600, 590], [10, 11])
+    broken = measured("d", [1000, 1000], [5, 5], errors=3)
+    winner, verdict = tune.choose([fast_but_slow_tail, best, second, broken], budget_ms=50)
+    assert verdict == "ok" and winner is best and best.verdict == "winner"
+    assert "over the 50 ms budget" in fast_but_slow_tail.verdict
+    assert second.verdict.startswith("16.2%") and "less throughput" in second.verdict
+    assert broken.verdict == "6 failed requests (boom)"  # 3 in each of the 2 repeats
+
+
+def test_choose_names_the_closest_candidate_for_an_impossible_budget():
+    winner, verdict = tune.choose([measured("a", [900, 910], [80, 82]), measured("b", [500, 500], [30, 32])], 10)
+    assert winner is None
+    assert verdict.startswith("impossible budget") and "the closest was b" in verdict
+    assert "p99 31.0 ms (21.0 ms, 210% over)" in verdict
+
+
+def test_choose_refuses_to_pick_noise():
+    steady = measured("steady", [1000, 1010], [10, 10])
+    jumpy = measured("jumpy", [1300, 900], [10, 10])  # repeats 36% apart: a busy machine
+    winner, verdict = tune.choose([steady, jumpy], 50)
+    assert winner is None and verdict.startswith("noisy") and "36%" in verdict and "jumpy" in verdict
+
+
+def test_calibration_split_is_the_calibration_pick_and_the_rest(tmp_path):
+    if not IMAGENET_SAMPLE.is_dir():
+        pytest.skip("needs the ImageNet sample images")
+    pick, rest = calibration_split(IMAGENET_SAMPLE, 50)
+    assert len(pick) == 50 and len(rest) == len(list(IMAGENET_SAMPLE.glob("*.JPEG"))) - 50
+    assert not set(pick) & set(rest)
+    calibration, _ = load_calibration_set(IMAGENET_SAMPLE, IMAGENET, 3)
+    from resnet_serve.resnets.data import load_image_file
+    from resnet_serve.resnets.spec import normalize
+
+    np.testing.assert_array_equal(calibration[0], normalize(load_image_file(pick[0], IMAGENET), IMAGENET))
+
+
+def test_accuracy_check_on_resnet50_holds_out_the_calibration_images(default_repository):
+    from resnet_serve.export.summary import ExportSummary
+
+    summary = ExportSummary.load(default_repository / "build" / "resnet50")
+    if not any(a.precision == "int8" for a in summary.artifacts):
+        pytest.skip("the default ResNet-50 has INT8 only where the ImageNet sample images are present")
+    held = tune.held_out_images(summary, 20, None)
+    pick, _ = calibration_split(IMAGENET_SAMPLE, 50)
+    assert not {p.read_bytes() for p in pick} & set(held.encoded)
+    host = {**host_capabilities(), "native_bf16": False}
+    rows = tune.accuracy_check(summary, held, host, tune.Options())
+    assert rows["openvino-int8"]["images"] == 20
+    assert "distinct classes" in rows["openvino-int8"]["why"]  # random weights: agreement alone proves little
+    if "openvino-bf16" in rows:
+        assert not rows["openvino-bf16"]["ok"] and "no native bf16" in rows["openvino-bf16"]["why"]
+
+
+@pytest.mark.slow
+def test_a_real_tune_run_writes_the_winner_and_its_evidence(default_repository, tmp_path):
+    repo = tmp_path / "repository"
+    export_dir = default_repository / "build" / "resnet20"
+    write_repository(repo, export_dir, engines=("onnxruntime-fp32", "openvino-int8"))
+    options = tune.Options(duration_s=1.0, repeats=2, engines_served=1, delays_us=(0,), eval_images=300)
+
+    impossible = tune.tune(export_dir, repo, tune.replace(options, p99_budget_ms=0.01), report=tmp_path / "x.md")
+    assert impossible["winner"] is None and impossible["verdict"].startswith("impossible budget")
+    assert RepositoryIndex.load(repo).network("resnet20").tuning is None  # nothing written
+
+    result = tune.tune(export_dir, repo, tune.replace(options, p99_budget_ms=1000), report=tmp_path / "tune.md")
+    roles = {c["role"] for c in result["candidates"]}
+    assert {"untuned default", "FP32 default"} <= roles
+    assert set(result["offline"]) == {k for k, row in result["accuracy"].items() if row["ok"]}
+    if result["winner"] is None:  # a busy machine: the verdict says so, and nothing was written
+        assert result["verdict"].startswith("noisy")
+        return
+    network = RepositoryIndex.load(repo).network("resnet20")
+    assert network.tuning["choice"] == result["winner"]["label"]
+    assert network.default == result["winner"]["engine"] and network.default_path == result["winner"]["path"]
+    from resnet_serve.benchmarks import tune_report
+
+    tune_report.write(result, tmp_path / "report")
+    assert json.loads((tmp_path / "report" / "tune.json").read_text())["verdict"] == "ok"
+    assert "winner" in (tmp_path / "report" / "tune.md").read_text()
+    assert (tmp_path / "report" / "tune.png").stat().st_size > 10_000
+    shutil.rmtree(tmp_path / "report")
