@@ -60,6 +60,8 @@ def probe_request(config: dict):
     shape = ([1] if int(config.get("max_batch_size", 0)) > 0 else []) + dims
     if first["data_type"] == "TYPE_STRING":
         return first["name"], np.full(shape, probe_image(), dtype=np.object_), "BYTES"
+    if first["data_type"] == "TYPE_UINT8" and first.get("allow_ragged_batch"):  # a one-step model: the file's bytes
+        return first["name"], np.frombuffer(probe_image(), dtype=np.uint8)[None, :], "UINT8"
     dtype = DATATYPES.get(first["data_type"])
     if dtype is None:
         raise ValueError(f"no probe for input type {first['data_type']}")
