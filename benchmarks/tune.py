@@ -341,6 +341,11 @@ def process_role(pid: int, own: int) -> str:
     return "server" if command.endswith("tritonserver") else "models"
 
 
+def drive(url: str, payload: Payload, stats: list[str], concurrency: int, seconds: float) -> dict:
+    """One closed-loop run over gRPC (``benchmarks.load.run_load``)."""
+    return asyncio.run(run_load(url, "grpc", payload, stats_models=stats, concurrency=concurrency, duration_s=seconds))
+
+
 def measure(
     candidates: list[Candidate], files: ServedModelFiles, held: HeldOut, options: Options, base
 ) -> list[Measured]:
@@ -369,29 +374,14 @@ def measure(
                     c, name = candidates[i], names[i]
                     payload = payload_for(name, c.path, held, options.images_per_request)
                     stats = [name] if c.path != "ensemble" else [name, preprocess, f"{name}_classifier"]
+
                     if round_ == 0:  # warm the engine, the batcher and the connection before measuring
-                        asyncio.run(
-                            run_load(
-                                server.grpc_url,
-                                "grpc",
-                                payload,
-                                stats_models=stats,
-                                concurrency=options.concurrency,
-                                duration_s=max(WARMUP_S, options.duration_s / 2),
-                            )
+                        drive(
+                            server.grpc_url, payload, stats, options.concurrency, max(WARMUP_S, options.duration_s / 2)
                         )
                     pids = [own, *descendants(own)]
                     before = cpu_seconds(pids)
-                    r = asyncio.run(
-                        run_load(
-                            server.grpc_url,
-                            "grpc",
-                            payload,
-                            stats_models=stats,
-                            concurrency=options.concurrency,
-                            duration_s=options.duration_s,
-                        )
-                    )
+                    r = drive(server.grpc_url, payload, stats, options.concurrency, options.duration_s)
                     after = cpu_seconds(pids)
                     cpu: dict[str, float] = {}
                     for pid, end in after.items():
