@@ -6,14 +6,16 @@ For an export of ``resnet20`` with engines onnxruntime-fp32 and onnxruntime-int8
     resnet20_onnxruntime_fp32_classifier/    model input -> logits with labels (Python backend + engine)
     resnet20_onnxruntime_fp32/               ensemble: image bytes -> preprocess -> classifier -> logits
     resnet20_onnxruntime_int8_classifier/, resnet20_onnxruntime_int8/
-    resnet20/                                ensemble for the default engine: the model users call
+    resnet20/                                the model users call: an ensemble for the default engine, or a
+                                             one-step model (``default_path``, chosen by benchmarks/tune.py)
     index.json                               what was written, for the benchmarks (server/index.py)
 
 Configs are ``model_config_pb2.ModelConfig`` messages written in protobuf's text format. Every model
 has a version directory ``1/``, dynamic batching, instance groups, warmup with a real sample image
 and, in its parameters, the model contract (dataset, sizes, mean/std) that the preprocess model, the
-classifier and the client read. ``Profile`` holds the batching and instance settings; ``CPU_PROFILE``
-is set from measurements on a 2-core machine (see README, "Serving"), ``GPU_PROFILE`` uses KIND_GPU.
+classifier and the client read. ``Profile`` holds the batching and instance settings: ``host_profile()``
+sizes ``CPU_PROFILE`` for this host's cores, ``GPU_PROFILE`` uses KIND_GPU, and the tune step measures
+the alternatives on the host (``benchmarks/tune.py``).
 """
 
 from __future__ import annotations
