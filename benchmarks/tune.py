@@ -63,6 +63,7 @@ from resnet_serve.server.triton import descendants
 log = logging.getLogger(__name__)
 
 WARMUP_S = 2.0  # at least this long under load before a candidate's first measurement
+MAX_INSTANCES = 4  # stage 2 tries 1, 2 and up to this many classifier instances, sharing the cores
 NOISE_LIMIT = 0.15  # repeats of a leading candidate that differ by more than this (max-min over median): busy
 DEFAULT_BUDGET_MS = {"small": 100.0, "large": 1000.0}  # p99 budget by input size (CIFAR-sized / ImageNet-sized)
 
@@ -492,6 +493,11 @@ def tune(
 
     accuracy = accuracy_check(summary, held, host, options)
     accurate = [k for k, row in accuracy.items() if row["ok"]]
+    if not accurate:
+        raise TuneFailed(
+            f"no engine of {summary.model.name} passed the accuracy check on {len(held.encoded)} held-out images: "
+            + "; ".join(f"{k}: {row['why']}" for k, row in accuracy.items())
+        )
     batch = min(64, base.max_batch(spec))
     offline = {k: offline_figures(Path(summary.artifact(k).path), held, spec, cores, batch, 1.5) for k in accurate}
     ranked = sorted(accurate, key=lambda k: offline[k]["end_to_end_img_s"], reverse=True)
@@ -524,7 +530,8 @@ def tune(
     # stage 2: how the leading engine and path are served (instances x threads x batching window)
     c0 = lead.candidate
     in_flight = options.concurrency * options.images_per_request
-    splits = sorted({(1, cores), (2, max(1, cores // 2)), (cores, 1)})
+    most = min(cores, MAX_INSTANCES)  # each instance is a Python process holding its own engine
+    splits = sorted({(1, cores), (2, max(1, cores // 2)), (most, max(1, cores // most))})
     stage2 = []
     for instances, threads in splits:
         preferred = (max(1, min(base.max_batch(spec), in_flight // instances)),)
@@ -537,6 +544,8 @@ def tune(
 
     everything = [m for m in first + second if m.candidate.engine in accurate or m.candidate.role]
     contenders = [m for m in everything if m.candidate.engine in accurate]
+    for m in everything:
+        m.verdict = ""  # stage 1's provisional choice is decided again among all the candidates
     winner, verdict = choose(contenders, budget)
     for m in everything:
         if m.candidate.engine not in accurate:
