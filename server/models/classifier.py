@@ -18,6 +18,7 @@ import triton_python_backend_utils as pb_utils
 from resnet_serve.engines import load_engine
 from resnet_serve.resnets.spec import DatasetSpec, normalize
 from resnet_serve.server.models import parameters
+from resnet_serve.server.models.preprocess import invalid
 
 
 class TritonPythonModel:
@@ -99,8 +100,3 @@ class TritonPythonModel:
             tensor = pb_utils.Tensor.from_dlpack(self.output_name, torch.utils.dlpack.to_dlpack(part.contiguous()))
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
-
-
-def invalid(message: str):
-    """A response that fails its request alone with INVALID_ARG and ``message``."""
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))

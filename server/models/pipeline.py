@@ -17,7 +17,7 @@ import triton_python_backend_utils as pb_utils
 
 from resnet_serve.resnets.spec import DatasetSpec
 from resnet_serve.server.models import classifier, parameters
-from resnet_serve.server.models.preprocess import request_pixels
+from resnet_serve.server.models.preprocess import invalid, request_pixels
 
 
 class TritonPythonModel(classifier.TritonPythonModel):
@@ -35,7 +35,7 @@ class TritonPythonModel(classifier.TritonPythonModel):
         for i, request in enumerate(requests):
             tensor = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
             if self.raw_bytes and tensor.shape[0] != 1:
-                responses[i] = classifier.invalid(
+                responses[i] = invalid(
                     f"{self.input_name}: UINT8 input carries one encoded image per request (shape [1, n_bytes]), "
                     f"got shape {list(tensor.shape)}; send one request per image"
                 )
@@ -43,7 +43,7 @@ class TritonPythonModel(classifier.TritonPythonModel):
             images = [tensor.tobytes()] if self.raw_bytes else tensor.reshape(-1)
             pixels = request_pixels(images, self.spec)
             if isinstance(pixels, str):
-                responses[i] = classifier.invalid(pixels)
+                responses[i] = invalid(pixels)
             else:
                 arrays[i] = pixels
         return self.classify(arrays, responses)

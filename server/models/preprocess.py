@@ -37,6 +37,11 @@ def request_pixels(images: Sequence[bytes], spec: DatasetSpec) -> np.ndarray | s
         return MEMORY_MESSAGE
 
 
+def invalid(message: str):
+    """A response that fails its request alone with INVALID_ARG and ``message``."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
@@ -51,8 +56,7 @@ class TritonPythonModel:
             images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
             pixels = request_pixels(images, self.spec)
             if isinstance(pixels, str):  # this request's image is unusable: say why, keep serving the others
-                error = pb_utils.TritonError(pixels, pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(error=error))
+                responses.append(invalid(pixels))
                 continue
             batch = pixels if self.uint8 else normalize(pixels, self.spec)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, batch)]))
