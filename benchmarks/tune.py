@@ -37,9 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from resnet_serve import cli, settings
-from resnet_serve.benchmarks.inputs import cifar_test_split
+from resnet_serve.benchmarks.inputs import cifar_test_split, repeat_to
 from resnet_serve.benchmarks.load import Payload, run_load
-from resnet_serve.engines import load_engine
+from resnet_serve.benchmarks.offline import time_engine
+from resnet_serve.engines import Engine, load_engine
 from resnet_serve.errors import ExitCode, ResnetServeError, UsageError
 from resnet_serve.export.calibration import calibration_split
 from resnet_serve.export.repository import (
@@ -57,7 +58,7 @@ from resnet_serve.resnets.data import scan_image_folder
 from resnet_serve.resnets.env import environment, host_capabilities
 from resnet_serve.resnets.spec import normalize, preprocess_pixels
 from resnet_serve.server import running
-from resnet_serve.server.index import RepositoryIndex
+from resnet_serve.server.index import RepositoryIndex, classifier_of
 from resnet_serve.server.triton import descendants
 
 log = logging.getLogger(__name__)
@@ -216,29 +217,36 @@ def calibration_details(summary: ExportSummary) -> dict | None:
     return None
 
 
-def logits_of(engine_path: Path, x: np.ndarray, threads: int, batch: int = 64) -> np.ndarray:
-    engine = load_engine(engine_path, threads=threads)
-    return np.concatenate([engine.infer(x[i : i + batch]) for i in range(0, len(x), batch)])
+def load_engines(summary: ExportSummary, threads: int) -> dict[str, Engine]:
+    """Every exported CPU engine of ``summary``, loaded once for the accuracy check and the offline figures."""
+    return {
+        a.name: load_engine(a.path, threads=threads)
+        for a in summary.artifacts
+        if a.runnable and a.engine in ("onnxruntime", "openvino")
+    }
 
 
-def accuracy_check(summary: ExportSummary, held: HeldOut, host: dict, options: Options) -> dict[str, dict]:
+def accuracy_check(
+    summary: ExportSummary, held: HeldOut, host: dict, options: Options, engines: dict[str, Engine] | None = None
+) -> dict[str, dict]:
     """Every exported engine against the FP32 reference on the held-out images; ``ok`` says whether it may
     be served. Top-1 where the images are labelled and the weights trained, else top-1 agreement; where
     FP32 itself predicts almost one class (e.g. random weights), agreement proves little, so the centred
     logits must also match (cosine >= 0.99), and the report says so."""
     spec = summary.model.spec
     x = normalize(held.pixels, spec)
-    artifacts = [a for a in summary.artifacts if a.runnable and a.engine in ("onnxruntime", "openvino")]
+    engines = engines if engines is not None else load_engines(summary, host["cores"])
+    artifacts = [summary.artifact(name) for name in engines]
     reference = next((a for a in artifacts if a.precision == "fp32"), None)
     if reference is None:
         raise UsageError(f"{summary.model.name} has no FP32 engine to compare with; export fp32 too")
-    ref = logits_of(Path(reference.path), x, host["cores"])
+    ref = engines[reference.name].infer_all(x)
     labelled = held.labels is not None and summary.model.weights != "random"
     distinct = len(set(ref.argmax(1).tolist()))
     degenerate = distinct < min(10, max(2, len(x) // 5))
     results = {}
     for artifact in artifacts:
-        logits = ref if artifact is reference else logits_of(Path(artifact.path), x, host["cores"])
+        logits = ref if artifact is reference else engines[artifact.name].infer_all(x)
         agree = 100.0 * float((logits.argmax(1) == ref.argmax(1)).mean())
         centred = [v - v.mean(1, keepdims=True) for v in (logits, ref)]
         cosine = float(
@@ -279,17 +287,11 @@ def accuracy_check(summary: ExportSummary, held: HeldOut, host: dict, options: O
 # ---- offline figures -------------------------------------------------------------------------------
 
 
-def offline_figures(engine_path: Path, held: HeldOut, spec, threads: int, batch: int, seconds: float) -> dict:
-    """Engine-only img/s on preprocessed batches, and end to end (decode + preprocess + engine, one image
-    after another as the served model does) on the same JPEGs, with the same threads."""
-    engine = load_engine(engine_path, threads=threads)
-    x = normalize(held.pixels[np.arange(batch) % len(held.pixels)], spec)
-    engine.infer(x)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        engine.infer(x)
-        done += batch
-    engine_only = done / (time.perf_counter() - start)
+def offline_figures(engine: Engine, held: HeldOut, spec, batch: int, seconds: float) -> dict:
+    """Engine-only img/s on preprocessed batches (``offline.time_engine``), and end to end (decode +
+    preprocess + engine, one image after another as the served model does) on the same JPEGs, with the
+    same engine and threads."""
+    engine_only = time_engine(engine, normalize(repeat_to(held.pixels, batch), spec), duration_s=seconds)
     done, start, i = 0, time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         chunk = [held.encoded[(i + k) % len(held.encoded)] for k in range(batch)]
@@ -299,8 +301,8 @@ def offline_figures(engine_path: Path, held: HeldOut, spec, threads: int, batch:
     end_to_end = done / (time.perf_counter() - start)
     return {
         "batch": batch,
-        "threads": threads,
-        "engine_img_s": round(engine_only, 1),
+        "threads": engine.info()["threads"],
+        "engine_img_s": round(engine_only["throughput_img_s"], 1),
         "end_to_end_img_s": round(end_to_end, 1),
     }
 
@@ -374,7 +376,7 @@ def measure(
                 for i in order:
                     c, name = candidates[i], names[i]
                     payload = payload_for(name, c.path, held, options.images_per_request)
-                    stats = [name] if c.path != "ensemble" else [name, preprocess, f"{name}_classifier"]
+                    stats = [name] if c.path != "ensemble" else [name, preprocess, classifier_of(name)]
 
                     if round_ == 0:  # warm the engine, the batcher and the connection before measuring
                         drive(
@@ -487,11 +489,12 @@ def tune(
     cores = host["cores"]
     budget = options.p99_budget_ms or DEFAULT_BUDGET_MS[size_class(spec)]
     base = host_profile()
-    files = ServedModelFiles.load(export_dir, base, sample_image)
+    files = ServedModelFiles.load(export_dir, sample_image)
     held = held_out_images(summary, options.eval_images, data_dir)
     started = time.time()
 
-    accuracy = accuracy_check(summary, held, host, options)
+    engines = load_engines(summary, cores)
+    accuracy = accuracy_check(summary, held, host, options, engines)
     accurate = [k for k, row in accuracy.items() if row["ok"]]
     if not accurate:
         raise TuneFailed(
@@ -499,7 +502,8 @@ def tune(
             + "; ".join(f"{k}: {row['why']}" for k, row in accuracy.items())
         )
     batch = min(64, base.max_batch(spec))
-    offline = {k: offline_figures(Path(summary.artifact(k).path), held, spec, cores, batch, 1.5) for k in accurate}
+    offline = {k: offline_figures(engines[k], held, spec, batch, 1.5) for k in accurate}
+    engines.clear()  # the served stage loads its own copies in the model processes
     ranked = sorted(accurate, key=lambda k: offline[k]["end_to_end_img_s"], reverse=True)
 
     keys = [a.name for a in summary.artifacts if a.runnable]

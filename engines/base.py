@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +15,7 @@ from types import ModuleType
 import numpy as np
 
 from resnet_serve.errors import ResnetServeError
+from resnet_serve.resnets.env import available_cores
 from resnet_serve.resnets.metrics import predict_chunked
 
 MANIFEST = "engine.json"
@@ -64,8 +64,8 @@ class EngineInfo:
 
 
 def default_threads() -> int:
-    """The cores this process may run on (its CPU affinity), not the machine's total."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Engine threads when none are asked for: the cores this process may run on."""
+    return available_cores()
 
 
 class Engine:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import shutil
 import struct
 from dataclasses import dataclass, field, replace
@@ -33,7 +32,7 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from resnet_serve.engines import read_manifest, write_manifest
+from resnet_serve.engines import default_threads, read_manifest, write_manifest
 from resnet_serve.export.summary import LABELS_FILE, ExportSummary
 from resnet_serve.resnets.spec import (
     IMAGE_BYTES_NAME,
@@ -89,11 +88,6 @@ def size_class(spec: DatasetSpec) -> str:
     return "small" if spec.image_size <= SMALL_INPUT else "large"
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 # The untuned starting point (``python -m export.tune`` measures the alternatives on the host): one
 # classifier instance whose engine uses every core this process may use (``host_profile``), no batching
 # window (requests queue up anyway while an instance is busy), uint8 HWC pixels between preprocess and
@@ -130,7 +124,7 @@ PROFILES = {"cpu": CPU_PROFILE, "gpu": GPU_PROFILE}
 def host_profile(name: str = "cpu") -> Profile:
     """A named profile sized for this host: CPU engines get every available core."""
     profile = PROFILES[name]
-    return replace(profile, classifier_threads=available_cores()) if profile.device == "cpu" else profile
+    return replace(profile, classifier_threads=default_threads()) if profile.device == "cpu" else profile
 
 
 # How a network's default model serves images (ServedNetwork.default_path)
@@ -342,7 +336,7 @@ def write_repository(
     if default_path not in REQUEST_PATHS:
         raise ValueError(f"default_path must be one of {', '.join(REQUEST_PATHS)}, got {default_path!r}")
     repository = Path(repository)
-    model = ServedModelFiles.load(export_dir, profile, sample_image)
+    model = ServedModelFiles.load(export_dir, sample_image)
     arch, spec = model.arch, model.spec
     repository.mkdir(parents=True, exist_ok=True)
 
@@ -430,7 +424,7 @@ class ServedModelFiles:
     sample_source: str
 
     @classmethod
-    def load(cls, export_dir: str | Path, profile: Profile, sample_image: Path | None = None) -> ServedModelFiles:
+    def load(cls, export_dir: str | Path, sample_image: Path | None = None) -> ServedModelFiles:
         summary = ExportSummary.load(export_dir)
         labels = (Path(export_dir) / LABELS_FILE).read_text()
         sample = sample_image.read_bytes() if sample_image else _synthetic_jpeg(summary.model.spec)
@@ -455,11 +449,8 @@ class ServedModelFiles:
         return np.ascontiguousarray(tensor).tobytes()
 
     def copy_engine(self, key: str, directory: Path, device: str = "cpu") -> None:
-        artifact = next((a for a in self.summary.artifacts if a.name == key), None)
-        if artifact is None:
-            raise ValueError(f"{self.export_dir} has no {key} engine")
         engine_dir = directory / "1" / "engine"
-        shutil.copytree(Path(artifact.path), engine_dir)
+        shutil.copytree(Path(self.summary.artifact(key).path), engine_dir)
         if device == "cuda":
             write_manifest(engine_dir, {**read_manifest(engine_dir), "device": "cuda"})
 
@@ -470,7 +461,7 @@ def write_ensemble_model(
     """An ensemble ``name`` (``preprocess`` -> ``<name>_classifier``) and its classifier serving the exported
     ``engine``; the preprocess model must exist in the repository (``write_preprocess_model``)."""
     spec, num_classes = model.spec, model.num_classes
-    classifier = f"{name}_classifier"
+    classifier = index.classifier_of(name)
     directory = _write_model(
         Path(repository),
         classifier_config(classifier, spec, num_classes, profile),

@@ -31,6 +31,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow), not the
+    machine's total."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_flags() -> list[str]:
     """The instruction-set flags the OS reports for this CPU (empty where /proc/cpuinfo is absent)."""
     try:
@@ -53,7 +59,7 @@ def host_capabilities() -> dict:
     present = [f for f in CAPABILITY_FLAGS if f in flags]
     return {
         "cpu_model": cpu_model(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        "cores": available_cores(),
         "flags": present,
         "int8_dot_product": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}),  # VNNI or AMX
         "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
@@ -114,7 +120,7 @@ def environment() -> dict:
     return {
         "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_affinity": available_cores(),
         "gpu": gpu_name(),
         "platform": platform.platform(),
         "versions": versions(),

@@ -42,7 +42,12 @@ def ensemble_model(arch: str, engine: str, precision: str) -> str:
 
 
 def classifier_model(arch: str, engine: str, precision: str) -> str:
-    return f"{ensemble_model(arch, engine, precision)}_classifier"
+    return classifier_of(ensemble_model(arch, engine, precision))
+
+
+def classifier_of(ensemble: str) -> str:
+    """The classifier model behind an ensemble of that name."""
+    return f"{ensemble}_classifier"
 
 
 @dataclass

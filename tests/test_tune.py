@@ -43,7 +43,7 @@ def direct_server(default_repository, tmp_path_factory):
     write_direct_model(
         repo,
         "resnet20_direct",
-        ServedModelFiles.load(export_dir, host_profile()),
+        ServedModelFiles.load(export_dir),
         "onnxruntime-fp32",
         host_profile(),
         raw=False,
