@@ -2,6 +2,7 @@
 
     resnet-serve train ...          python -m resnets.train
     resnet-serve evaluate ...       python -m resnets.evaluate
+    resnet-serve experiments ...    python -m resnets.experiments  (degradation | layer-responses | report)
     resnet-serve export ...         python -m export
     resnet-serve repository ...     python -m export.default_repository
     resnet-serve serve ...          python -m server
@@ -28,6 +29,12 @@ def _train(argv):
 
 def _evaluate(argv):
     from resnet_serve.resnets.evaluate import main
+
+    return main(argv)
+
+
+def _experiments(argv):
+    from resnet_serve.resnets.experiments import main
 
     return main(argv)
 
@@ -77,6 +84,7 @@ def _tune(argv):
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (_train, "train a CIFAR-10 ResNet with the paper's recipe"),
     "evaluate": (_evaluate, "top-1/top-5 of a checkpoint"),
+    "experiments": (_experiments, "reproduce the paper's degradation and layer-response results"),
     "export": (_export, "checkpoint -> ONNX -> engines (+ a Triton model repository)"),
     "repository": (_repository, "build the default model repository"),
     "serve": (_serve, "run the Triton Inference Server on a model repository"),

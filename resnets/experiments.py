@@ -3,6 +3,7 @@
     python -m resnets.experiments degradation                  # the paper's 64k iterations (a GPU job)
     python -m resnets.experiments degradation --short          # the CPU schedule: 5k iterations
     python -m resnets.experiments layer-responses              # Fig. 7 from the nets trained above
+    python -m resnets.experiments report                       # README.md with both, beside the paper's
 
 ``degradation`` trains plain and residual nets (default plain20, plain56, resnet20, resnet56) with one
 protocol: the paper's recipe (SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at
@@ -528,6 +529,95 @@ def plot_layer_responses(result: dict, path: Path) -> Path:
     return path
 
 
+# ---- the report (benchmarks/reports/paper/README.md) ----
+
+# CIFAR-10 test error (%) in He et al. 2015, Table 6; the paper tabulates no plain nets (Fig. 6 plots them).
+PAPER_TEST_ERROR_PCT = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97, "resnet110": 6.43}
+
+
+def seconds_per_iteration(history: list[dict]) -> float | None:
+    """Median over turns (robust to a turn slowed by other work on the machine)."""
+    turns = [
+        (b["train_seconds"] - a["train_seconds"]) / (b["iteration"] - a["iteration"])
+        for a, b in zip([{"iteration": 0, "train_seconds": 0.0}, *history[:-1]], history, strict=True)
+    ]
+    return float(np.median(turns)) if turns else None
+
+
+def run_report(args) -> int:
+    path = args.out / "degradation.json"
+    if not path.is_file():
+        raise ExperimentError(f"no {path}; run `python -m resnets.experiments degradation --out {args.out}` first")
+    deg = json.loads(path.read_text())
+    resp_path = args.out / "layer_responses.json"
+    resp = json.loads(resp_path.read_text()) if resp_path.is_file() else None
+    p, env = deg["protocol"], deg["environment"]
+    per_epoch = -(-p["data"]["train_images"] // p["batch_size"])
+    hardware = env["gpu"] or f"{env['cpu_model']}, {env['cpu_affinity']} cores"
+    lines = [
+        "# He et al. 2015 on CIFAR-10: the degradation problem and layer responses",
+        "",
+        "Written by `python -m resnets.experiments report` from `degradation.json` and `layer_responses.json`.",
+        "",
+        f"Protocol: {p['recipe']}; batch {p['batch_size']}, {p['iterations']:,} iterations "
+        f"({p['iterations'] / per_epoch:.1f} epochs; the paper: 64,000), lr /10 at {round(0.5 * p['iterations']):,} "
+        f"and {round(0.75 * p['iterations']):,}; seed {p['seed']} for every net (same initialisation rule, same "
+        f"minibatches); data `{p['data']['dir']}` ({p['data']['train_images']:,} training, "
+        f"{p['data']['test_images']:,} test images). Training error: {p['training_error']}.",
+        "",
+        f"Machine: {hardware}; torch {env['versions'].get('torch')}; commit {env['git_commit']}.",
+        "",
+        "| net | iterations | training error %, last turn (augmented) | training error %, all training images "
+        "| test error % | paper test error % | s / iteration | training time |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for arch, net in deg["nets"].items():
+        f, spi = net["final"], seconds_per_iteration(net["history"])
+        paper = PAPER_TEST_ERROR_PCT.get(arch)
+        lines.append(
+            f"| {arch} | {f['iteration']:,}{'' if net['complete'] else ' (running)'} | {_num(f['train_error_pct'])} "
+            f"| {_num(f['train_error_pct_no_augmentation'])} | {_num(f['test_error_pct'])} "
+            f"| {_num(paper) if paper else 'plotted only (Fig. 6)'} | {_num(spi, 3)} "
+            f"| {f['train_seconds'] / 60:.0f} min |"
+        )
+    lines += ["", "Findings (final training error, deep minus shallow, and the paper's sign):", ""]
+    if not deg["findings"]:
+        lines.append("- none: they need plain20 and plain56, or resnet20 and resnet56, in one run.")
+    for item in deg["findings"]:
+        sign = "> 0" if item["shallow"].startswith("plain") else "< 0"
+        extra = item.get("train_error_pct_no_augmentation_deep_minus_shallow")
+        lines.append(
+            f"- {item['deep']} vs {item['shallow']}: {item['train_error_pct_deep_minus_shallow']:+.2f} points on the "
+            f"last turn's minibatches"
+            + (f", {extra:+.2f} on all training images" if extra is not None else "")
+            + f", test {item['test_error_pct_deep_minus_shallow']:+.2f} (paper: {sign}): "
+            + ("**reproduced**" if item["reproduced"] else "**not reproduced**")
+            + f" ({item['claim']})."
+        )
+    lines += ["", "![training curves](degradation.png)", ""]
+    if resp:
+        lines += [
+            f"Layer responses: {resp['definition']}; {resp['data']['test_images']:,} test images.",
+            "",
+            "| depth | plain: mean std | ResNet: mean std | ResNet below plain (paper: yes) |",
+            "| ---: | ---: | ---: | --- |",
+        ]
+        lines += [
+            f"| {c['depth']} | {c['plain_mean_std']:.3f} | {c['resnet_mean_std']:.3f} | "
+            f"{'yes' if c['resnet_below_plain'] else 'no'} |"
+            for c in resp["comparisons"]
+        ]
+        lines += ["", "![layer responses](layer_responses.png)", ""]
+    out = args.out / "README.md"
+    out.write_text("\n".join(lines) + "\n")
+    log.info("wrote %s", out)
+    return 0
+
+
+def _num(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m resnets.experiments", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="experiment", required=True)
@@ -562,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--limit-test", type=int, help="a seeded random subset of N test images (default: all)")
     r.set_defaults(job=run_layer_responses)
+    w = sub.add_parser("report", parents=[common], help="README.md of --out from the two results files")
+    w.set_defaults(job=run_report)
     return p
 
 

@@ -50,6 +50,11 @@ def test_degradation_runs_end_to_end_and_writes_json_plot_and_checkpoints(tiny_c
     assert [(f["shallow"], f["deep"]) for f in result["findings"]] == [("plain20", "plain56"), ("resnet20", "resnet56")]
     assert (tmp_path / "out" / "degradation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    assert experiments.main(["report", "--out", str(tmp_path / "out")]) == 0
+    report = (tmp_path / "out" / "README.md").read_text()
+    assert "| resnet56 | 4 |" in report and "| 6.97 |" in report  # ours beside the paper's Table 6
+    assert report.count("vs plain20") == 1 and report.count("vs resnet20") == 1
+
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tiny_cifar, tmp_path):
     from resnet_serve.resnets.data import load_cifar10
