@@ -580,7 +580,14 @@ def run_report(args) -> int:
             f"| {_num(paper) if paper else 'plotted only (Fig. 6)'} | {_num(spi, 3)} "
             f"| {f['train_seconds'] / 60:.0f} min |"
         )
-    lines += ["", "Findings (final training error, deep minus shallow, and the paper's sign):", ""]
+    lines += [
+        "",
+        "Training time: the wall time of a net's training turns, including turns slowed by other work on the "
+        "machine; s / iteration: the median turn.",
+        "",
+        "Findings (final training error, deep minus shallow, and the paper's sign):",
+        "",
+    ]
     if not deg["findings"]:
         lines.append("- none: they need plain20 and plain56, or resnet20 and resnet56, in one run.")
     for item in deg["findings"]:
