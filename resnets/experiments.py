@@ -48,7 +48,7 @@ from resnet_serve.resnets.train import PAPER_ITERATIONS, Recipe, learning_rate
 log = logging.getLogger(__name__)
 
 DEFAULT_ARCHS = ("plain20", "plain56", "resnet20", "resnet56")
-SHORT_ITERATIONS = 5_000  # the CPU schedule: ~1.3 h for the four default nets on 2 cores
+SHORT_ITERATIONS = 5_000  # CPU schedule: ~1.5 h for the 4 default nets on 2 cores (0.9 s per iteration of all 4)
 STATE = "state.pt"
 
 
