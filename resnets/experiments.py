@@ -43,7 +43,7 @@ from resnet_serve.resnets.evaluate import evaluate_model, torch_forward
 from resnet_serve.resnets.metrics import predict_chunked
 from resnet_serve.resnets.models import ResNet, arch_spec, build
 from resnet_serve.resnets.tensors import Normalizer, random_crop_flip, to_tensor_nchw
-from resnet_serve.resnets.train import PAPER_ITERATIONS, Recipe, learning_rate
+from resnet_serve.resnets.train import PAPER_ITERATIONS, Recipe, jsonable, learning_rate, recipe_diff
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Run:
         )
         self.stream = BatchStream(images, labels, protocol.batch_size, protocol.seed)
         self.normalizer = Normalizer(spec.dataset)
-        self.warmup_iters = 400 if spec.depth >= 110 else 0  # the paper warms ResNet-110 up at lr 0.01
+        self.warmup_iters = self.recipe.warmup_iterations(spec.depth)  # the paper warms ResNet-110 up at lr 0.01
         self.iteration, self.history, self.train_seconds = 0, [], 0.0
 
     @property
@@ -173,7 +173,7 @@ class Run:
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         state = {
-            "protocol": _jsonable(asdict(self.protocol)),
+            "protocol": jsonable(asdict(self.protocol)),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "stream": self.stream.state_dict(),
@@ -189,11 +189,8 @@ class Run:
         if not path.is_file():
             return False
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["protocol"] != _jsonable(asdict(self.protocol)):
-            saved, asked = state["protocol"], _jsonable(asdict(self.protocol))
-            diff = ", ".join(
-                f"{k}: {saved.get(k)!r} there, {asked.get(k)!r} asked" for k in asked if saved.get(k) != asked[k]
-            )
+        if state["protocol"] != jsonable(asdict(self.protocol)):
+            diff = recipe_diff(state["protocol"], asdict(self.protocol))
             raise ExperimentError(
                 f"{path} was trained with another protocol ({diff}); use the same flags to resume, "
                 "or --no-resume / another --work to start over"
@@ -274,7 +271,7 @@ def run_degradation(args) -> int:
         forward = torch_forward(run.model, run.spec.dataset)
         predictions = predict_chunked(forward, train_images).argmax(1)
         final[run.arch] = round(100.0 * float((predictions != train.labels).mean()), 3)
-        meta = {"experiment": "degradation", "protocol": _jsonable(asdict(protocol)), "history": run.history}
+        meta = {"experiment": "degradation", "protocol": jsonable(asdict(protocol)), "history": run.history}
         save_checkpoint(run.checkpoint_path(), run.model, run.arch, shortcut=run.model.shortcut, meta=meta)
     path = write_degradation(out, protocol, runs, data_dir, len(train), len(test), env, final=final)
     log.info("wrote %s and its plot (%.0f s this invocation)", path, time.perf_counter() - started)
@@ -301,7 +298,7 @@ def write_degradation(out: Path, protocol: Protocol, runs: list[Run], data_dir, 
     result = {
         "experiment": "degradation",
         "protocol": {
-            **_jsonable(asdict(protocol)),
+            **jsonable(asdict(protocol)),
             "recipe": "SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 50% and 75% of the "
             "iterations, 4-pixel zero pad + random 32x32 crop + horizontal flip, fp32, option A shortcuts",
             "training_error": "mean over the augmented minibatches of each turn of eval_every iterations "
@@ -666,10 +663,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     return cli.run(build_parser(), lambda args: args.job(args), argv)
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,12 @@ class Recipe:
     label_smoothing: float = 0.0
     seed: int = 0
 
+    def warmup_iterations(self, depth: int) -> int:
+        """Iterations at ``warmup_lr`` before the schedule: as set, else the paper's 400 for depth >= 110."""
+        if self.warmup_iters is not None:
+            return self.warmup_iters
+        return 400 if depth >= 110 else 0
+
     def total_epochs(self, train_size: int) -> int:
         if self.epochs is not None:
             return self.epochs
@@ -199,7 +205,7 @@ def train(args) -> int:
     train_labels = torch.from_numpy(train_set.labels).to(device)
     batches = TensorBatches(train_images, train_labels, recipe.batch_size, train=True, generator=generator)
     total_iters = epochs * len(batches)
-    warmup_iters = recipe.warmup_iters if recipe.warmup_iters is not None else (400 if spec.depth >= 110 else 0)
+    warmup_iters = recipe.warmup_iterations(spec.depth)
     normalizer = Normalizer(spec.dataset, device)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     forward = torch.compile(model) if args.compile else model
@@ -211,10 +217,10 @@ def train(args) -> int:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         saved = state["recipe"]
         changes = state.get("schedule_changes", [])
-        if saved != _jsonable(asdict(recipe)):
-            if not (args.reschedule and {**saved, "epochs": recipe.epochs} == _jsonable(asdict(recipe))):
+        if saved != jsonable(asdict(recipe)):
+            if not (args.reschedule and {**saved, "epochs": recipe.epochs} == jsonable(asdict(recipe))):
                 raise TrainError(
-                    f"{state_path} was written with another recipe ({_recipe_diff(saved, asdict(recipe))}); "
+                    f"{state_path} was written with another recipe ({recipe_diff(saved, asdict(recipe))}); "
                     "use --no-resume or another --out"
                     + ("" if args.reschedule else ", or --reschedule when only --epochs differs")
                 )
@@ -290,7 +296,7 @@ def train(args) -> int:
         )
         torch.save(
             {
-                "recipe": _jsonable(asdict(recipe)),
+                "recipe": jsonable(asdict(recipe)),
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(),
@@ -307,7 +313,7 @@ def train(args) -> int:
     wall_s = elapsed_before + time.perf_counter() - wall_start
     final = evaluate_model(model, test_images, test_set.labels, test_set.classes, spec.dataset, device=str(device))
     meta = {
-        "recipe": _jsonable(asdict(recipe)),
+        "recipe": jsonable(asdict(recipe)),
         "recipe_deviations": recipe.deviations()
         + [
             f"schedule rescheduled at epoch {c['at_epoch']} from {c['from_epochs'] or 'the paper'} to "
@@ -393,8 +399,9 @@ def write_model_card(path: Path, arch: str, meta: dict, history: list[dict]) -> 
     return path
 
 
-def _recipe_diff(saved: dict, wanted: dict) -> str:
-    wanted = _jsonable(wanted)
+def recipe_diff(saved: dict, wanted: dict) -> str:
+    """The keys where a saved settings dict and the asked one differ: "key: saved there, asked asked"."""
+    wanted = jsonable(wanted)
     keys = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
     return ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} asked" for k in keys)
 
@@ -407,7 +414,8 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """``obj`` as it reads back from JSON (tuples become lists), to compare with saved settings."""
     return json.loads(json.dumps(obj))
 
 
