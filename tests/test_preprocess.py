@@ -4,15 +4,31 @@ The reference below is written from torchvision's documented rules, independentl
 Resize(int) scales the shorter side to ``size`` and the longer to ``int(size * long / short)``
 (truncated) with PIL's antialiased bilinear resampling; CenterCrop takes ``int(round((side - crop) /
 2.0))`` from the top and the left.
+
+The JPEG fast path (libjpeg-turbo through simplejpeg) gives Pillow's pixels and leaves every
+accept/refuse decision to Pillow; normalisation equals the plain HWC formula bit for bit.
 """
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from conftest import cifar_test_files
 from PIL import Image
 
-from resnet_serve.resnets.spec import IMAGENET, DatasetSpec, decode_image, preprocess_pixels, resize_center_crop
+from resnet_serve.resnets.spec import (
+    CIFAR10,
+    IMAGENET,
+    DatasetSpec,
+    ImageError,
+    decode_image,
+    decode_jpeg_pixels,
+    normalize,
+    preprocess_pixels,
+    resize_center_crop,
+)
 
 ODD_SIZES = [
     (500, 375), (375, 500), (333, 500), (640, 427), (427, 640), (301, 257), (257, 301), (1000, 257),
@@ -67,3 +83,62 @@ def test_the_contract_chooses_the_interpolation(interpolation, resample):
     spec = DatasetSpec("custom", 5, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 96, 112, interpolation)
     img = gradient(301, 257)
     assert np.array_equal(resize_center_crop(img, spec), torchvision_resize_center_crop(img, 112, 96, resample))
+
+
+def jpeg(img: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+def pillow_pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_the_jpeg_fast_path_gives_pillows_pixels(cifar_jpg):
+    files = [p.read_bytes() for p in cifar_test_files(cifar_jpg, per_class=30)]
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (61, 47, 3), np.uint8))
+    variants = [
+        jpeg(img, subsampling=0),  # 4:4:4
+        jpeg(img, subsampling=1),  # 4:2:2
+        jpeg(img, subsampling=2),  # 4:2:0
+        jpeg(img, progressive=True),
+        jpeg(img, quality=95, optimize=True),
+        jpeg(img.convert("L")),  # grayscale: the three channels repeat it
+    ]
+    for data in files + variants:
+        fast = decode_jpeg_pixels(data)
+        assert fast is not None, "a plain JPEG should take the fast path"
+        assert np.array_equal(fast, pillow_pixels(data))
+    for data in variants:
+        for spec in (CIFAR10, IMAGENET):
+            assert np.array_equal(preprocess_pixels(data, spec), resize_center_crop(decode_image(data), spec))
+
+
+def test_jpegs_the_fast_path_does_not_take_are_pillows_decision(cifar_jpg):
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40, 3), np.uint8))
+    cmyk = jpeg(img.convert("CMYK"))
+    assert decode_jpeg_pixels(cmyk) is None  # Pillow converts CMYK
+    assert np.array_equal(preprocess_pixels(cmyk, CIFAR10), resize_center_crop(decode_image(cmyk), CIFAR10))
+    good = cifar_test_files(cifar_jpg, per_class=1)[0].read_bytes()
+    # stray bytes inside the file: libjpeg warns, simplejpeg refuses, Pillow decodes it as before
+    damaged = good[:200] + bytes(50) + good[250:]
+    assert decode_jpeg_pixels(damaged) is None
+    assert np.array_equal(preprocess_pixels(damaged, CIFAR10), pillow_pixels(damaged))
+    # truncated: refused with Pillow's reason, as before
+    with pytest.raises(ImageError, match="broken image data.*truncated"):
+        preprocess_pixels(good[:-2], CIFAR10, source="upload")
+    # too small, from the header, before any decoding
+    with pytest.raises(ImageError, match="at least 8 pixels on each side"):
+        preprocess_pixels(jpeg(img.resize((4, 40))), CIFAR10)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (16, 32, 32, 3), (2, 224, 200, 3)])
+def test_normalize_is_the_hwc_formula_bit_for_bit(shape):
+    pixels = np.random.default_rng(2).integers(0, 256, shape, np.uint8)
+    for spec in (CIFAR10, IMAGENET):
+        x = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+        expected = np.moveaxis((x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32), -1, -3)
+        ours = normalize(pixels, spec)
+        assert ours.dtype == np.float32 and ours.flags.c_contiguous
+        assert np.array_equal(ours, expected)
