@@ -1,4 +1,5 @@
-"""Load generator against a Triton server (asyncio tritonclient), in the spirit of perf_analyzer.
+"""Load generator against a Triton server, in the spirit of perf_analyzer: the client's own data planes,
+tritonclient's ``grpc.aio`` over gRPC and ``client.wire.HttpWire`` over HTTP (as ``AsyncClassifier`` sends).
 
 * closed loop: ``concurrency`` workers each keep one request in flight for ``duration_s``;
 * open loop: requests start at a fixed ``rate_rps`` whatever the responses do (bounded in flight).
@@ -18,6 +19,7 @@ import numpy as np
 
 from resnet_serve.benchmarks.offline import percentiles_ms
 from resnet_serve.client.core import Security
+from resnet_serve.client.wire import HttpWire
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Payload:
     datatype: str  # BYTES, FP32, UINT8
     batches: list[np.ndarray]
     kind: str  # "jpeg" (ensemble) or "tensor" (classifier)
+    output_name: str = "logits"
 
     @property
     def images_per_request(self) -> int:
@@ -108,17 +111,22 @@ async def run_load(
     if (concurrency is None) == (rate_rps is None):
         raise ValueError("give exactly one of concurrency (closed loop) or rate_rps (open loop)")
     module = _module(protocol)
-    client = module.InferenceServerClient(url)
+    client = module.InferenceServerClient(url)  # statistics, and the gRPC data plane
+    wire = HttpWire(url) if protocol == "http" else None
     latencies: list[float] = []
     errors: list[str] = []
     issued = 0
 
     async def one(i: int) -> None:
-        inputs = _request(module, payload, i)
         t0 = time.perf_counter()
         try:
-            kwargs = {"client_timeout": timeout_s} if protocol == "grpc" else {}
-            await client.infer(payload.model, inputs, **kwargs)
+            if wire is not None:
+                batch = payload.batches[i % len(payload.batches)]
+                await wire.infer(
+                    payload.model, payload.input_name, batch, payload.datatype, payload.output_name, timeout_s=timeout_s
+                )
+            else:
+                await client.infer(payload.model, _request(module, payload, i), client_timeout=timeout_s)
             latencies.append(time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
             errors.append(str(exc)[:200])
@@ -161,6 +169,8 @@ async def run_load(
         after = await _stats(client, protocol, stats_models)
     finally:
         await client.close()
+        if wire is not None:
+            await wire.close()
     images = len(latencies) * payload.images_per_request
     result = {
         "model": payload.model,

@@ -11,8 +11,9 @@ Steps, all measured here (nothing assumed about the CPU):
 3. offline figures of each accurate engine: engine only, and end to end (decode + preprocess + engine, the
    same JPEGs and threads as served);
 4. served candidates on the real server, closed loop at ``--concurrency``: engine x request path (ensemble,
-   one-step BYTES, one-step raw UINT8), then classifier instances x threads x batching window for the best
-   of those. Every candidate runs ``--repeats`` times, interleaved with the others;
+   one-step BYTES, one-step raw UINT8) x protocol (gRPC through tritonclient, HTTP through the client's
+   lean wire, ``client.wire``), then classifier instances x threads x batching window for the best of
+   those. Every candidate runs ``--repeats`` times, interleaved with the others;
 5. the winner: the highest median throughput whose median p99 is within the budget. If no candidate meets
    the budget, the closest one is named and nothing is written; if the repeats of the leading candidates
    disagree by more than 15% (a busy machine) that is said and nothing is written.
@@ -83,6 +84,7 @@ class Options:
     duration_s: float = 3.0
     repeats: int = 2
     engines_served: int = 2  # engines (best offline end to end) taken to the served stage
+    protocols: tuple[str, ...] = ("grpc", "http")
     delays_us: tuple[int, ...] = (0, 2000)
     top1_tolerance: float = 0.3
     min_agreement_pct: float = 99.0
@@ -97,7 +99,7 @@ class Options:
         return cls(
             duration_s=10.0 if large else 8.0,
             repeats=3,
-            engines_served=4,
+            engines_served=2,
             delays_us=(0, 500, 2000, 5000),
             eval_images=10_000,
         )
@@ -111,12 +113,13 @@ class Candidate:
     threads: int  # engine threads per instance
     delay_us: int  # dynamic batching window
     preferred: tuple[int, ...]  # preferred batch sizes
+    protocol: str = "grpc"  # how the client sends: grpc (tritonclient) or http (client.wire)
     role: str = ""  # "untuned default", "FP32 default": the references every report compares against
 
     @property
     def label(self) -> str:
         return (
-            f"{self.engine} {self.path} {self.instances}x{self.threads}t delay {self.delay_us}us "
+            f"{self.engine} {self.path} {self.protocol} {self.instances}x{self.threads}t delay {self.delay_us}us "
             f"pref {','.join(map(str, self.preferred))}"
         )
 
@@ -344,9 +347,11 @@ def process_role(pid: int, own: int) -> str:
     return "server" if command.endswith("tritonserver") else "models"
 
 
-def drive(url: str, payload: Payload, stats: list[str], concurrency: int, seconds: float) -> dict:
-    """One closed-loop run over gRPC (``benchmarks.load.run_load``)."""
-    return asyncio.run(run_load(url, "grpc", payload, stats_models=stats, concurrency=concurrency, duration_s=seconds))
+def drive(server, protocol: str, payload: Payload, stats: list[str], concurrency: int, seconds: float) -> dict:
+    """One closed-loop run (``benchmarks.load.run_load``) over ``protocol``."""
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    load = run_load(url, protocol, payload, stats_models=stats, concurrency=concurrency, duration_s=seconds)
+    return asyncio.run(load)
 
 
 def measure(
@@ -379,12 +384,11 @@ def measure(
                     stats = [name] if c.path != "ensemble" else [name, preprocess, classifier_of(name)]
 
                     if round_ == 0:  # warm the engine, the batcher and the connection before measuring
-                        drive(
-                            server.grpc_url, payload, stats, options.concurrency, max(WARMUP_S, options.duration_s / 2)
-                        )
+                        warmup_s = max(WARMUP_S, options.duration_s / 2)
+                        drive(server, c.protocol, payload, stats, options.concurrency, warmup_s)
                     pids = [own, *descendants(own)]
                     before = cpu_seconds(pids)
-                    r = drive(server.grpc_url, payload, stats, options.concurrency, options.duration_s)
+                    r = drive(server, c.protocol, payload, stats, options.concurrency, options.duration_s)
                     after = cpu_seconds(pids)
                     cpu: dict[str, float] = {}
                     for pid, end in after.items():
@@ -522,10 +526,11 @@ def tune(
     stage1 = [untuned] + ([fp32] if fp32 and fp32.engine != untuned.engine else [])
     for engine in ranked[: options.engines_served]:
         for path in paths:
-            c = replace(untuned, engine=engine, path=path, role="")
-            if c not in [replace(s, role="") for s in stage1]:
-                stage1.append(c)
-    log.info("tune %s: stage 1, %d candidates (engine x request path)", summary.model.name, len(stage1))
+            for protocol in options.protocols:
+                c = replace(untuned, engine=engine, path=path, protocol=protocol, role="")
+                if c not in [replace(s, role="") for s in stage1]:
+                    stage1.append(c)
+    log.info("tune %s: stage 1, %d candidates (engine x request path x protocol)", summary.model.name, len(stage1))
     first = measure(stage1, files, held, options, base)
     servable = [m for m in first if m.candidate.engine in accurate]
     best, _ = choose(servable, budget) if servable else (None, "")
@@ -540,7 +545,7 @@ def tune(
     for instances, threads in splits:
         preferred = (max(1, min(base.max_batch(spec), in_flight // instances)),)
         for delay in options.delays_us:
-            c = Candidate(c0.engine, c0.path, instances, threads, delay, preferred)
+            c = Candidate(c0.engine, c0.path, instances, threads, delay, preferred, c0.protocol)
             if c != replace(c0, role=""):
                 stage2.append(c)
     log.info("tune %s: stage 2, %d candidates (instances x threads x batching)", summary.model.name, len(stage2))
@@ -598,6 +603,7 @@ def evidence(result: dict) -> dict:
     w = result["winner"]
     return {
         "choice": w["label"],
+        "protocol": w["protocol"],  # how clients should send to get these figures
         "throughput_img_s": w["throughput_img_s"],
         "latency_ms_p99": w["latency_ms_p99"],
         "budget_ms": result["options"]["p99_budget_ms"],
@@ -670,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--p99-ms", type=float, help="p99 latency budget (default 100 ms CIFAR-sized, 1000 ms ImageNet-sized)"
     )
+    p.add_argument("--protocols", help="comma-separated protocols the client may use: grpc,http (default both)")
     p.add_argument("--duration", type=float, help="seconds per measurement")
     p.add_argument("--repeats", type=int, help="measurements per candidate (>= 2 to detect a busy machine)")
     p.add_argument("--eval-data", type=Path, help="held-out images (ImageFolder with labels, or a flat folder)")
@@ -688,6 +695,12 @@ def options_from(args, large: bool) -> Options:
         "duration_s": args.duration,
         "repeats": args.repeats,
     }
+    if args.protocols is not None:
+        protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
+        unknown = sorted(set(protocols) - {"grpc", "http"})
+        if not protocols or unknown:
+            raise UsageError(f"--protocols takes grpc and/or http, comma-separated; got {args.protocols!r}")
+        changes["protocols"] = protocols
     options = replace(options, **{k: v for k, v in changes.items() if v is not None})
     for name in ("concurrency", "images_per_request", "repeats"):
         if getattr(options, name) < 1:

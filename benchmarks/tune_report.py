@@ -83,8 +83,11 @@ def markdown(r: dict) -> str:
         "",
         "Paths: `ensemble` = preprocess model -> classifier model (two Python-backend hops); `direct` = one model "
         "decodes, preprocesses and runs the engine (BYTES input); `direct-raw` = the same with one JPEG per request "
-        "as UINT8 bytes (ragged batching, no BYTES deserialisation). `AxBt` = A classifier instances of B engine "
-        "threads; `delay` = the dynamic batcher's window; `pref` = preferred batch sizes.",
+        "as UINT8 bytes (ragged batching, no BYTES deserialisation). Protocols: `grpc` = tritonclient's grpc.aio "
+        "(the client's default); `http` = the client's lean HTTP/1.1 wire (`client/wire.py`, what `AsyncClassifier` "
+        "sends over HTTP). `AxBt` = A classifier instances of B engine threads; `delay` = the dynamic batcher's "
+        "window; `pref` = preferred batch sizes. CPU per image: the load generator (client), tritonserver (server) "
+        "and the model processes (models), from /proc over the measured run.",
         "",
     ]
     return "\n".join(lines)

@@ -17,6 +17,8 @@ from tritonclient.grpc import model_config_pb2
 
 from resnet_serve.client import AsyncClassifier, ClassificationError, Classifier, ModelNotFound, ServerUnavailable
 from resnet_serve.client import __main__ as cli
+from resnet_serve.client.core import Failure, failure_kind
+from resnet_serve.client.wire import HttpWire
 from resnet_serve.engines import load_engine
 from resnet_serve.errors import UsageError
 from resnet_serve.resnets.spec import CIFAR10, preprocess
@@ -110,6 +112,94 @@ def test_async_classifier_matches_sync(triton, cifar_jpg):
         expected = clf.classify(files, top_k=2)
     assert asyncio.run(run("grpc", triton.grpc_url)) == expected
     assert asyncio.run(run("http", triton.http_url)) == expected
+
+
+def test_the_http_wire_carries_every_input_form_and_the_servers_errors(triton, cifar_jpg):
+    """AsyncClassifier over HTTP sends through client.wire: BYTES batches (the ensemble), one raw JPEG per
+    request (the one-step model) and tensors give the gRPC answers; errors keep their status and message."""
+    files = cifar_test_files(cifar_jpg, 3)
+    truncated = files[0].read_bytes()[:100]
+
+    async def run(model):
+        async with await AsyncClassifier.create(triton.http_url, "http", model=model, batch_size=4) as clf:
+            assert clf.wire is not None
+            return await clf.classify_detailed([*files, truncated], top_k=3)
+
+    for model in ("resnet20_onnxruntime_int8", "resnet20", "resnet20_onnxruntime_fp32_classifier"):
+        with Classifier(triton.grpc_url, model=model) as clf:
+            expected = clf.classify(files, top_k=3)
+        results = asyncio.run(run(model))
+        assert [r.predictions for r in results[:-1]] == expected, model
+        assert not results[-1].ok and "broken image data" in results[-1].error  # the bad one fails alone
+
+    async def direct():
+        wire = HttpWire(triton.http_url)
+        try:
+            batch = np.array([[files[0].read_bytes()]], dtype=np.object_)
+            logits = await wire.infer("resnet20_onnxruntime_int8", "image", batch, "BYTES", "logits")
+            with pytest.raises(Exception) as unknown:
+                await wire.infer("resnet21", "image", batch, "BYTES", "logits")
+            return logits, unknown.value, len(wire.idle)
+        finally:
+            await wire.close()
+
+    logits, unknown, idle = asyncio.run(direct())
+    assert logits.shape == (1, 10) and logits.dtype == np.float32
+    assert "resnet21" in str(unknown) and failure_kind(unknown) is Failure.REJECTED
+    assert idle == 1  # the connection is kept after a complete answer, error answers included
+
+    async def refused():
+        await HttpWire("127.0.0.1:1").infer("resnet20", "image", np.zeros((1, 4), np.uint8), "UINT8", "logits")
+
+    with pytest.raises(OSError) as down:
+        asyncio.run(refused())
+    assert failure_kind(down.value) is Failure.UNAVAILABLE  # waited for and retried like any transport's
+
+
+def test_the_http_wire_reads_chunked_answers_and_refuses_a_cut_one():
+    """Framing the wire must survive behind a proxy: chunked bodies, and a connection closed mid-body."""
+    logits = np.arange(10, dtype=np.float32)[None, :]
+    header = json.dumps(
+        {"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 10], "parameters": {"binary_data_size": 40}}]}
+    ).encode()
+    body = header + logits.tobytes()
+
+    async def serve(reader, writer, cut: bool):
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 200 OK\r\nInference-Header-Content-Length: {len(header)}\r\n"
+        if cut:
+            writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:50])
+        else:
+            chunks = [body[:30], body[30:]]
+            writer.write(
+                f"{head}Transfer-Encoding: chunked\r\n\r\n".encode()
+                + b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks)
+                + b"0\r\n\r\n"
+            )
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        answers = []
+        for cut in (False, True):
+            server = await asyncio.start_server(lambda r, w, cut=cut: serve(r, w, cut), "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            try:
+                wire = HttpWire(f"127.0.0.1:{port}")
+                try:
+                    answers.append(await wire.infer("m", "image", np.zeros((1, 4), np.uint8), "UINT8", "logits"))
+                except Exception as exc:  # noqa: BLE001 - the test inspects it
+                    answers.append(exc)
+                await wire.close()
+            finally:
+                server.close()
+                await server.wait_closed()
+        return answers
+
+    chunked, cut = asyncio.run(main())
+    assert np.array_equal(chunked, logits)
+    assert isinstance(cut, ConnectionError) and "mid-response" in str(cut)
+    assert failure_kind(cut) is Failure.UNAVAILABLE
 
 
 def test_client_errors_are_specific(triton):

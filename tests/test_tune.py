@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2
 
 from resnet_serve.benchmarks import tune
 from resnet_serve.benchmarks.accuracy import served_logits
+from resnet_serve.errors import UsageError
 from resnet_serve.export.calibration import calibration_split, load_calibration_set
 from resnet_serve.export.repository import ServedModelFiles, host_profile, write_direct_model, write_repository
 from resnet_serve.resnets.data import scan_image_folder
@@ -249,6 +250,8 @@ def test_a_real_tune_run_writes_the_winner_and_its_evidence(default_repository, 
     result = tune.tune(export_dir, repo, tune.replace(options, p99_budget_ms=1000), report=tmp_path / "tune.md")
     roles = {c["role"] for c in result["candidates"]}
     assert {"untuned default", "FP32 default"} <= roles
+    assert {c["protocol"] for c in result["candidates"]} == {"grpc", "http"}  # both clients measured
+    assert all(c["errors"] == 0 for c in result["candidates"])
     assert set(result["offline"]) == {k for k, row in result["accuracy"].items() if row["ok"]}
     if result["winner"] is None:  # a busy machine: the verdict says so, and nothing was written
         assert result["verdict"].startswith("noisy")  # the rounds did not show one clear leader
@@ -256,6 +259,7 @@ def test_a_real_tune_run_writes_the_winner_and_its_evidence(default_repository, 
     network = RepositoryIndex.load(repo).network("resnet20")
     assert network.tuning["choice"] == result["winner"]["label"]
     assert network.default == result["winner"]["engine"] and network.default_path == result["winner"]["path"]
+    assert network.tuning["protocol"] == result["winner"]["protocol"]
     from resnet_serve.benchmarks import tune_report
 
     tune_report.write(result, tmp_path / "report")
@@ -263,3 +267,12 @@ def test_a_real_tune_run_writes_the_winner_and_its_evidence(default_repository, 
     assert "winner" in (tmp_path / "report" / "tune.md").read_text()
     assert (tmp_path / "report" / "tune.png").stat().st_size > 10_000
     shutil.rmtree(tmp_path / "report")
+
+
+def test_protocols_flag():
+    parse = tune.build_parser().parse_args
+    assert tune.options_from(parse(["--protocols", "http"]), large=False).protocols == ("http",)
+    assert tune.options_from(parse([]), large=False).protocols == ("grpc", "http")
+    for bad in ("", "https", "grpc,tcp"):
+        with pytest.raises(UsageError, match="--protocols takes grpc and/or http"):
+            tune.options_from(parse(["--protocols", bad]), large=False)
