@@ -355,7 +355,7 @@ def drive(server, protocol: str, payload: Payload, stats: list[str], concurrency
 
 
 def measure(
-    candidates: list[Candidate], files: ServedModelFiles, held: HeldOut, options: Options, base
+    candidates: list[Candidate], files: ServedModelFiles, held: HeldOut, options: Options, base, stage: int = 1
 ) -> list[Measured]:
     """Serve every candidate from one repository on the real server and drive each in closed loop,
     ``options.repeats`` rounds with the candidates interleaved (a busy spell shows up as disagreement)."""
@@ -396,6 +396,7 @@ def measure(
                         cpu[role] = cpu.get(role, 0.0) + end - before.get(pid, end)
                     images = max(1, r["requests_ok"] * payload.images_per_request)
                     run = {
+                        "stage": stage,
                         "round": round_,
                         **{
                             k: r.get(k)
@@ -463,12 +464,31 @@ def choose(measured: list[Measured], budget_ms: float) -> tuple[Measured | None,
     return winner, verdict
 
 
+def paired(a: Measured, b: Measured) -> list[tuple[float, float]]:
+    """The throughputs of ``a`` and ``b`` in each round both ran (a round interleaves the candidates of one
+    stage, so a busy spell hits both alike)."""
+    theirs = {(r.get("stage", 1), r["round"]): r["throughput_img_s"] for r in b.runs}
+    mine = {(r.get("stage", 1), r["round"]): r["throughput_img_s"] for r in a.runs}
+    return [(value, theirs[key]) for key, value in mine.items() if key in theirs]
+
+
 def led_every_round(leader: Measured, other: Measured) -> bool:
-    """Whether ``leader`` served more than ``other`` in each round both ran (rounds interleave the candidates,
-    so a busy spell hits both alike)."""
-    theirs = {r["round"]: r["throughput_img_s"] for r in other.runs}
-    pairs = [(r["throughput_img_s"], theirs[r["round"]]) for r in leader.runs if r["round"] in theirs]
-    return bool(pairs) and all(mine > their for mine, their in pairs)
+    """Whether ``leader`` served more than ``other`` in each round both ran; for candidates never measured in
+    the same round, whether its slowest repeat beat the other's fastest."""
+    pairs = paired(leader, other)
+    if not pairs:
+        slowest = min(r["throughput_img_s"] for r in leader.runs) if leader.runs else 0.0
+        return slowest > max((r["throughput_img_s"] for r in other.runs), default=0.0)
+    return all(mine > their for mine, their in pairs)
+
+
+def paired_ratio(a: Measured, b: Measured) -> float:
+    """``a``'s throughput over ``b``'s: the median over the rounds both ran (robust to a machine whose speed
+    drifts between rounds), else the ratio of the medians."""
+    ratios = [mine / their for mine, their in paired(a, b) if their > 0]
+    if ratios:
+        return statistics.median(ratios)
+    return a.throughput / b.throughput if b.throughput else float("nan")
 
 
 # ---- the stages ------------------------------------------------------------------------------------
@@ -549,7 +569,13 @@ def tune(
             if c != replace(c0, role=""):
                 stage2.append(c)
     log.info("tune %s: stage 2, %d candidates (instances x threads x batching)", summary.model.name, len(stage2))
-    second = measure(stage2, files, held, options, base) if stage2 else []
+    # stage 1's leader and the references run again beside them, so the winner is compared with them
+    # round by round, not only across stages measured minutes apart
+    again = [lead] + [m for m in first if m.candidate.role and m is not lead]
+    second = measure([m.candidate for m in again] + stage2, files, held, options, base, stage=2) if stage2 else []
+    for m, rerun in zip(again, second, strict=False):  # nothing to add where stage 2 has no candidates
+        m.runs += rerun.runs
+    second = second[len(again) :]
 
     everything = [m for m in first + second if m.candidate.engine in accurate or m.candidate.role]
     contenders = [m for m in everything if m.candidate.engine in accurate]
@@ -582,9 +608,12 @@ def tune(
     }
     if winner:
         result["ratios"] = {
-            f"winner_over_{role.replace(' ', '_')}": round(winner.throughput / m.throughput, 2)
+            f"winner_over_{role.replace(' ', '_')}": round(paired_ratio(winner, m), 2)
             for role, m in references.items()
             if m.throughput
+        }
+        result["ratios_paired_rounds"] = {
+            f"winner_over_{role.replace(' ', '_')}": len(paired(winner, m)) for role, m in references.items()
         }
         figures = offline.get(winner.candidate.engine)
         if figures:

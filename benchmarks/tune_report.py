@@ -37,6 +37,12 @@ def markdown(r: dict) -> str:
     if r.get("ratios"):
         lines += ["| ratio | value |", "|---|---:|"]
         lines += [f"| {k.replace('_', ' ')} | {v:.2f}x |" for k, v in r["ratios"].items()]
+        rounds = ", ".join(f"{n} for {k.replace('_', ' ')}" for k, n in r.get("ratios_paired_rounds", {}).items())
+        lines += [
+            "",
+            f"Ratios to the references: the median over the rounds in which both ran ({rounds}; the references "
+            "are measured again beside stage 2), so a machine whose speed drifts between rounds does not tilt them.",
+        ]
         lines.append("")
     held = r["held_out"]
     lines += [

@@ -206,6 +206,22 @@ def test_choose_picks_on_a_noisy_machine_only_a_winner_that_led_every_round():
     assert winner is leader and verdict.startswith("ok, on a noisy machine") and "29%" in verdict
 
 
+def test_rounds_pair_only_within_a_stage_and_the_ratio_is_paired():
+    leader = measured("leader", [2000, 1500], [10, 10])
+    for r in leader.runs:
+        r["stage"] = 2
+    stage1 = measured("stage1", [1900, 1200], [10, 10])  # same round numbers, measured in another stage
+    assert tune.paired(leader, stage1) == []
+    assert not tune.led_every_round(leader, stage1)  # 1500 (slowest) is not above 1900 (fastest)
+    assert tune.led_every_round(leader, measured("slow", [1400, 1100], [10, 10]))  # clearly apart
+    # measured in the same stage: the median of the per-round ratios 2000 / 1000 and 1500 / 750
+    reference = measured("reference", [1000, 750], [10, 10])
+    for r in reference.runs:
+        r["stage"] = 2
+    assert tune.paired_ratio(leader, reference) == pytest.approx(2.0)
+    assert tune.paired_ratio(leader, stage1) == pytest.approx(leader.throughput / stage1.throughput)
+
+
 def test_calibration_split_is_the_calibration_pick_and_the_rest(tmp_path):
     if not IMAGENET_SAMPLE.is_dir():
         pytest.skip("needs the ImageNet sample images")
@@ -251,6 +267,8 @@ def test_a_real_tune_run_writes_the_winner_and_its_evidence(default_repository, 
     roles = {c["role"] for c in result["candidates"]}
     assert {"untuned default", "FP32 default"} <= roles
     assert {c["protocol"] for c in result["candidates"]} == {"grpc", "http"}  # both clients measured
+    untuned = next(c for c in result["candidates"] if c["role"] == "untuned default")
+    assert {r["stage"] for r in untuned["runs"]} == {1, 2}  # measured again beside stage 2's candidates
     assert all(c["errors"] == 0 for c in result["candidates"])
     assert set(result["offline"]) == {k for k, row in result["accuracy"].items() if row["ok"]}
     if result["winner"] is None:  # a busy machine: the verdict says so, and nothing was written
