@@ -35,6 +35,8 @@ def markdown(r: dict) -> str:
         "",
     ]
     if r.get("ratios"):
+        if r.get("ratios_of", "winner") != "winner":
+            lines += [f"No winner was chosen; the ratios below are those of the {r['ratios_of']}.", ""]
         lines += ["| ratio | value |", "|---|---:|"]
         lines += [f"| {k.replace('_', ' ')} | {v:.2f}x |" for k, v in r["ratios"].items()]
         rounds = ", ".join(f"{n} for {k.replace('_', ' ')}" for k, n in r.get("ratios_paired_rounds", {}).items())
