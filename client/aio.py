@@ -60,8 +60,8 @@ class AsyncClassifier:
         self.client = self.connection.security.client(self.module, self.url, protocol)
         self.semaphore = asyncio.Semaphore(concurrency)
         self._shm, self._slots = None, asyncio.Queue()
-        # HTTP data plane: the lean wire (~20 us of client CPU per request vs ~90 for http.aio); shared memory
-        # needs tritonclient's region parameters
+        # HTTP data plane: the lean wire (client/wire.py says what it saves); shared memory needs tritonclient's
+        # region parameters
         self.wire = HttpWire(self.url, max_idle=concurrency) if protocol == "http" and not shared_memory else None
         try:
             self.info = await asyncio.to_thread(self.connection.model_info, model)

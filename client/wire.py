@@ -2,15 +2,17 @@
 keep-alive connections, written on asyncio streams.
 
 Why: for a small model served one image per request, the per-request CPU of the client decides the
-throughput when client and server share the cores. tritonclient's ``http.aio`` (aiohttp) and
-``grpc.aio`` spend ~80-100 us per request on a 2-core EPYC; this wire spends ~20 us (figures in
-``benchmarks/reports/tune/resnet20``). It does one thing: send one inference request and read one
+throughput when client and server share the cores. In the tune runs on a 2-core EPYC this wire spent
+~40-70 us of client CPU per request where tritonclient's ``grpc.aio`` spent ~115-195 us
+(``benchmarks/reports/tune/resnet20``). It does one thing: send one inference request and read one
 response. Everything else (model facts, shared memory, the repository index) stays on tritonclient.
 
 Failures raise what the rest of the client already classifies (``client.core.failure_kind``): a non-200
 answer is an ``InferenceServerException`` with the HTTP status and the server's message; a refused,
-reset or closed connection is a ``ConnectionError``; a deadline is a ``TimeoutError``. A connection is
-reused only after a complete, well-formed response.
+reset or closed connection (or an answer that is not well-formed HTTP) is a ``ConnectionError``; a deadline
+is a ``TimeoutError``. A connection is reused only after a complete, well-formed response, and a request
+whose kept connection turns out closed (an idle timeout of the server or a proxy) is sent once more on a
+new one.
 """
 
 from __future__ import annotations
@@ -102,14 +104,23 @@ class HttpWire:
         return self._output(status, headers, data, output_name)
 
     async def _exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
-        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        if self.idle:
+            reader, writer = self.idle.pop()
+            try:
+                return await self._round_trip(reader, writer, request)
+            except ConnectionError:
+                pass  # a kept connection the server or a proxy closed while idle: once more on a new one
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        return await self._round_trip(reader, writer, request)
+
+    async def _round_trip(self, reader, writer, request: bytes) -> tuple[int, dict[str, str], bytes]:
         reusable = False
         try:
             writer.write(request)
             status, headers, data = await self._read_response(reader)
             reusable = headers.get("connection", "").lower() != "close"
             return status, headers, data
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             raise ConnectionError(f"the server closed the connection mid-response ({type(exc).__name__})") from None
         finally:
             if reusable and len(self.idle) < self.max_idle:

@@ -157,7 +157,8 @@ def test_the_http_wire_carries_every_input_form_and_the_servers_errors(triton, c
 
 
 def test_the_http_wire_reads_chunked_answers_and_refuses_a_cut_one():
-    """Framing the wire must survive behind a proxy: chunked bodies, and a connection closed mid-body."""
+    """Framing the wire must survive behind a proxy: chunked bodies, a kept connection closed while idle,
+    and a connection closed mid-body."""
     logits = np.arange(10, dtype=np.float32)[None, :]
     header = json.dumps(
         {"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 10], "parameters": {"binary_data_size": 40}}]}
@@ -188,6 +189,8 @@ def test_the_http_wire_reads_chunked_answers_and_refuses_a_cut_one():
                 wire = HttpWire(f"127.0.0.1:{port}")
                 try:
                     answers.append(await wire.infer("m", "image", np.zeros((1, 4), np.uint8), "UINT8", "logits"))
+                    # the server closed the kept connection after answering: sent again on a new one
+                    answers.append(await wire.infer("m", "image", np.zeros((1, 4), np.uint8), "UINT8", "logits"))
                 except Exception as exc:  # noqa: BLE001 - the test inspects it
                     answers.append(exc)
                 await wire.close()
@@ -196,8 +199,8 @@ def test_the_http_wire_reads_chunked_answers_and_refuses_a_cut_one():
                 await server.wait_closed()
         return answers
 
-    chunked, cut = asyncio.run(main())
-    assert np.array_equal(chunked, logits)
+    chunked, again, cut = asyncio.run(main())
+    assert np.array_equal(chunked, logits) and np.array_equal(again, logits)
     assert isinstance(cut, ConnectionError) and "mid-response" in str(cut)
     assert failure_kind(cut) is Failure.UNAVAILABLE
 
