@@ -615,14 +615,12 @@ def tune(
     if best:
         who = "winner" if winner else "leader"
         result["ratios_of"] = who if winner else f"leader, not chosen: {best.candidate.label}"
-        result["ratios"] = {
-            f"{who}_over_{role.replace(' ', '_')}": round(paired_ratio(best, m), 2)
-            for role, m in references.items()
-            if m.throughput
-        }
-        result["ratios_paired_rounds"] = {
-            f"{who}_over_{role.replace(' ', '_')}": len(paired(best, m)) for role, m in references.items()
-        }
+        result["ratios"], result["ratios_paired_rounds"] = {}, {}
+        for role, m in references.items():
+            key = f"{who}_over_{role.replace(' ', '_')}"
+            result["ratios_paired_rounds"][key] = len(paired(best, m))
+            if m.throughput:
+                result["ratios"][key] = round(paired_ratio(best, m), 2)
         figures = offline.get(best.candidate.engine)
         if figures:
             result["ratios"]["served_over_offline_engine_only"] = round(best.throughput / figures["engine_img_s"], 2)
