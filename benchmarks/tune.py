@@ -12,8 +12,8 @@ Steps, all measured here (nothing assumed about the CPU):
    same JPEGs and threads as served);
 4. served candidates on the real server, closed loop at ``--concurrency``: engine x request path (ensemble,
    one-step BYTES, one-step raw UINT8) x protocol (gRPC through tritonclient, HTTP through the client's
-   lean wire, ``client.wire``), then classifier instances x threads x batching window for the best of
-   those. Every candidate runs ``--repeats`` times, interleaved with the others;
+   lean wire, ``client.wire``), then classifier instances x threads (x OpenVINO streams) x batching window
+   for the best of those. Every candidate runs ``--repeats`` times, interleaved with the others;
 5. the winner: the highest median throughput whose median p99 is within the budget. If no candidate meets
    the budget, the closest one is named and nothing is written; if the repeats of the leading candidates
    disagree by more than 15% (a busy machine) that is said and nothing is written.
@@ -115,12 +115,14 @@ class Candidate:
     delay_us: int  # dynamic batching window
     preferred: tuple[int, ...]  # preferred batch sizes
     protocol: str = "grpc"  # how the client sends: grpc (tritonclient) or http (client.wire)
+    streams: int = 1  # OpenVINO streams per instance (engines.openvino): the batch cut into parts
     role: str = ""  # "untuned default", "FP32 default": the references every report compares against
 
     @property
     def label(self) -> str:
         return (
-            f"{self.engine} {self.path} {self.protocol} {self.instances}x{self.threads}t delay {self.delay_us}us "
+            f"{self.engine} {self.path} {self.protocol} {self.instances}x{self.threads}t"
+            f"{f'/{self.streams}s' if self.streams > 1 else ''} delay {self.delay_us}us "
             f"pref {','.join(map(str, self.preferred))}"
         )
 
@@ -129,6 +131,7 @@ class Candidate:
             base,
             classifier_instances=self.instances,
             classifier_threads=self.threads,
+            classifier_streams=self.streams,
             max_queue_delay_us=self.delay_us,
             preferred_batch_sizes={**base.preferred_batch_sizes, size_class(spec): self.preferred},
         )
@@ -561,15 +564,19 @@ def tune(
     c0 = lead.candidate
     in_flight = options.concurrency * options.images_per_request
     most = min(cores, MAX_INSTANCES)  # each instance is a Python process holding its own engine
-    splits = sorted({(1, cores), (2, max(1, cores // 2)), (most, max(1, cores // most))})
+    splits = sorted({(1, cores, 1), (2, max(1, cores // 2), 1), (most, max(1, cores // most), 1)})
+    if c0.engine.startswith("openvino") and cores > 1:  # one instance, its batch cut across streams
+        splits.append((1, cores, min(cores, in_flight)))
     stage2 = []
-    for instances, threads in splits:
+    for instances, threads, streams in splits:
         preferred = (max(1, min(base.max_batch(spec), in_flight // instances)),)
         for delay in options.delays_us:
-            c = Candidate(c0.engine, c0.path, instances, threads, delay, preferred, c0.protocol)
+            c = Candidate(c0.engine, c0.path, instances, threads, delay, preferred, c0.protocol, streams)
             if c != replace(c0, role=""):
                 stage2.append(c)
-    log.info("tune %s: stage 2, %d candidates (instances x threads x batching)", summary.model.name, len(stage2))
+    log.info(
+        "tune %s: stage 2, %d candidates (instances x threads x streams x batching)", summary.model.name, len(stage2)
+    )
     # stage 1's leader and the references run again beside them, so the winner is compared with them
     # round by round, not only across stages measured minutes apart
     again = [lead] + [m for m in first if m.candidate.role and m is not lead]

@@ -93,7 +93,9 @@ def markdown(r: dict) -> str:
         "decodes, preprocesses and runs the engine (BYTES input); `direct-raw` = the same with one JPEG per request "
         "as UINT8 bytes (ragged batching, no BYTES deserialisation). Protocols: `grpc` = tritonclient's grpc.aio "
         "(the client's default); `http` = the client's lean HTTP/1.1 wire (`client/wire.py`, what `AsyncClassifier` "
-        "sends over HTTP). `AxBt` = A classifier instances of B engine threads; `delay` = the dynamic batcher's "
+        "sends over HTTP). `AxBt` = A classifier instances of B engine threads; `/Cs` = each instance's batch "
+        "cut into C parts run side by side on OpenVINO streams of B/C threads (`engines/openvino.py`); `delay` = the "
+        "dynamic batcher's "
         "window; `pref` = preferred batch sizes. CPU per image: the load generator (client), tritonserver (server) "
         "and the model processes (models), from /proc over the measured run.",
         "",

@@ -1,5 +1,12 @@
 """OpenVINO backend on the CPU: fp32 or bf16 (inference hint), or int8 (an nncf-quantized IR).
 
+``streams``: with one stream (the default) a batch runs on all ``threads`` at once, each layer split
+across them. With ``streams`` > 1 OpenVINO keeps that many streams of ``threads / streams`` threads and a
+batch is cut into that many parts run side by side. Same work, but a stream's thread waits for its next
+part asleep, while the threads of one wide stream spin for about a millisecond after every batch (measured:
+a 16-image ResNet-20 batch every ~1 ms cost 3.4 ms of CPU with one stream of 2 threads, 2.2 ms with two
+streams of 1), CPU that a server's other work on the same cores needs. One image still runs on one stream.
+
 The precision ``info()`` reports is read from the compiled model's runtime graph (the precision its
 convolutions really run in), not from the request: without an explicit f32 hint OpenVINO runs bf16
 on CPUs that have it, and silently falls back to f32 on CPUs that do not.
@@ -38,6 +45,7 @@ class OpenVinoEngine(Engine):
         threads: int | None = None,
         device: str = "cpu",
         meta: dict | None = None,
+        streams: int | None = None,
     ) -> None:
         ov = openvino()
         precision = precision or "fp32"
@@ -47,6 +55,9 @@ class OpenVinoEngine(Engine):
         if not self.model_path.is_file():
             raise EngineError(f"OpenVINO model {self.model_path} not found; run `python -m export` first")
         threads = threads or default_threads()
+        streams = streams or 1
+        if not 1 <= streams <= threads:
+            raise EngineError(f"OpenVINO streams must be between 1 and the threads ({threads}), got {streams}")
         hint = HINTS.get(precision)
         if hint is None:
             raise EngineError(f"unknown OpenVINO precision {precision!r}; use {', '.join(HINTS)}")
@@ -54,15 +65,15 @@ class OpenVinoEngine(Engine):
         config = {
             "INFERENCE_NUM_THREADS": threads,
             "INFERENCE_PRECISION_HINT": hint,
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
+            "NUM_STREAMS": streams,
+            **({"PERFORMANCE_HINT": "LATENCY"} if streams == 1 else {}),
         }
         try:
             self.compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with the reason
             raise EngineError(f"OpenVINO could not compile {self.model_path}: {exc}") from exc
-        self.request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()  # one infer request: calls from several threads take turns
+        self.requests = [self.compiled.create_infer_request() for _ in range(streams)]  # one per stream
+        self._lock = threading.Lock()  # calls from several threads take turns
         runtime = runtime_precisions(self.compiled)
         really = (
             "int8"
@@ -94,6 +105,7 @@ class OpenVinoEngine(Engine):
             details={
                 "requested_precision": precision,
                 "inference_precision_hint": hint,
+                "streams": streams,
                 "conv_runtime_precisions": runtime,
                 "openvino": ov.__version__,
             },
@@ -101,8 +113,22 @@ class OpenVinoEngine(Engine):
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:
-            self.request.infer({0: batch})
-            return self.request.get_output_tensor(0).data.copy()
+            if len(self.requests) == 1 or len(batch) == 1:
+                self.requests[0].infer({0: batch}, share_inputs=True)  # the batch outlives the call: no copy
+                return self.requests[0].get_output_tensor(0).data.copy()
+            parts = np.array_split(batch, min(len(self.requests), len(batch)))
+            running = self.requests[: len(parts)]
+            for request, part in zip(running, parts, strict=True):
+                request.start_async({0: part}, share_inputs=True)  # parts are views of the batch, kept until wait()
+            failure = None
+            for request in running:  # every part is waited for, even after one failed, so none stays busy
+                try:
+                    request.wait()
+                except Exception as exc:  # noqa: BLE001 - raised below, after the other parts finished
+                    failure = failure or exc
+            if failure is not None:
+                raise failure
+            return np.concatenate([request.get_output_tensor(0).data for request in running])
 
 
 def runtime_precisions(compiled) -> dict:

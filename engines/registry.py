@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,12 +49,21 @@ def backend(name: str | None) -> type[Engine]:
     return BACKENDS[name]()
 
 
+def check_options(cls: type[Engine], name: str, options: dict) -> None:
+    """Options a backend does not have (``streams`` for ONNX Runtime, say) are refused by name."""
+    known = inspect.signature(cls.__init__).parameters
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise EngineError(f"the {name} engine has no option {', '.join(unknown)}; remove it or use another engine")
+
+
 def load_engine(path: str | Path, *, threads: int | None = None, device: str | None = None, **options) -> Engine:
     """Load an exported engine directory (``engine.json``) or a bare .onnx / .xml / .pt file."""
     path = Path(path)
     if path.is_dir():
         manifest = read_manifest(path)
         cls = backend(manifest.get("engine"))
+        check_options(cls, manifest.get("engine"), options)
         return cls.from_manifest(
             path, manifest, threads=threads, device=device or manifest.get("device", "cpu"), **options
         )
@@ -66,6 +76,7 @@ def load_engine(path: str | Path, *, threads: int | None = None, device: str | N
             f"(with {MANIFEST}), a .onnx, an OpenVINO .xml or a .pt checkpoint"
         )
     cls = backend(name)
+    check_options(cls, name, options)
     if name == "pytorch":
         return cls.from_checkpoint(path, threads=threads, device=device or "cpu", **options)
     return cls(path, threads=threads, device=device or "cpu", **options)

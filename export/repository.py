@@ -72,6 +72,7 @@ class Profile:
     preferred_batch_sizes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     max_queue_delay_us: int = 1000
     device: str = "cpu"
+    classifier_streams: int = 1  # OpenVINO: the batch cut into this many parts on threads / streams each
 
     def max_batch(self, spec: DatasetSpec) -> int:
         return self.max_batch_size[size_class(spec)]
@@ -172,11 +173,19 @@ def _warmup(name: str, batch_size: int, input_name: str, dtype: str, dims) -> mc
     return mc.ModelWarmup(name=name, batch_size=batch_size, inputs={input_name: sample})
 
 
+def engine_parameters(profile: Profile) -> dict[str, str]:
+    """How a Python model loads its engine (``server/models/classifier.py``): directory, threads, streams."""
+    return {
+        "engine_dir": "engine",
+        **({"threads": str(profile.classifier_threads)} if profile.classifier_threads else {}),
+        **({"streams": str(profile.classifier_streams)} if profile.classifier_streams > 1 else {}),
+    }
+
+
 def classifier_config(name: str, spec: DatasetSpec, num_classes: int, profile: Profile) -> mc.ModelConfig:
     dims = input_layout(spec, profile.input_dtype)
     parameters = {
-        "engine_dir": "engine",
-        **({"threads": str(profile.classifier_threads)} if profile.classifier_threads else {}),
+        **engine_parameters(profile),
         # GPU instances take inputs where Triton has them (DLPack), not copied to the CPU first
         **({"FORCE_CPU_ONLY_INPUT_TENSORS": "no"} if profile.device == "cuda" else {}),
         **spec.as_parameters(),
@@ -240,11 +249,7 @@ def direct_config(
     ``raw``: the input is one encoded file per request as UINT8 bytes with ragged batching (no BYTES
     deserialisation; ``sample_bytes``: the warmup file's size); else BYTES [1] per image, as the ensemble
     takes it."""
-    parameters = {
-        "engine_dir": "engine",
-        **({"threads": str(profile.classifier_threads)} if profile.classifier_threads else {}),
-        **spec.as_parameters(),
-    }
+    parameters = {**engine_parameters(profile), **spec.as_parameters()}
     if raw:
         image = _input(IMAGE_BYTES_NAME, "TYPE_UINT8", [-1])
         image.allow_ragged_batch = True

@@ -60,3 +60,28 @@ def test_infer_all_runs_any_number_of_images_in_chunks(tmp_path):
     engine = load_engine(path, threads=1)
     images = np.random.default_rng(0).standard_normal((37, 3, 32, 32), dtype=np.float32)
     assert np.allclose(engine.infer_all(images, batch_size=8), engine.infer(images), atol=1e-5)
+
+
+def test_openvino_streams_cut_the_batch_and_give_the_same_logits(default_repository):
+    """streams > 1: the batch is cut into parts run side by side (threads / streams each), with the logits
+    of one wide stream, for a batch of one, fewer images than streams, and sizes that do not divide."""
+    engine_dir = default_repository / "build" / "resnet20" / "openvino-int8"
+    wide = load_engine(engine_dir, threads=2)
+    split = load_engine(engine_dir, threads=2, streams=2)
+    assert split.info()["details"]["streams"] == 2 and wide.info()["details"]["streams"] == 1
+    assert split.compiled.get_property("NUM_STREAMS") == 2
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 16, 17):
+        batch = rng.standard_normal((n, 3, 32, 32), dtype=np.float32)
+        logits = split.infer(batch)
+        assert logits.shape == (n, 10)
+        assert np.allclose(logits, wide.infer(batch), atol=1e-4)
+        batch[:] = 0  # the inputs are shared with OpenVINO during the call only: the logits are their own copy
+        assert not np.allclose(logits, split.infer(batch))
+    with pytest.raises(EngineError, match=r"streams must be between 1 and the threads \(2\), got 3"):
+        load_engine(engine_dir, threads=2, streams=3)
+
+
+def test_an_option_a_backend_does_not_have_is_refused_by_name(default_repository):
+    with pytest.raises(EngineError, match="the onnxruntime engine has no option streams; remove it"):
+        load_engine(default_repository / "build" / "resnet20" / "onnxruntime-int8", threads=2, streams=2)

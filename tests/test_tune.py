@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def cifar_files(cifar_jpg: Path, count: int) -> tuple[list[bytes], np.ndarray]:
 @pytest.fixture(scope="module")
 def direct_server(default_repository, tmp_path_factory):
     """A repository whose ``resnet20`` is the one-step raw-bytes model, beside a one-step BYTES model and the
-    ensemble of the same engine, on the real server."""
+    ensemble of the same engine, and a one-step OpenVINO INT8 model on two streams, on the real server."""
     from resnet_serve.server import running
 
     repo = tmp_path_factory.mktemp("direct") / "repository"
@@ -48,6 +49,14 @@ def direct_server(default_repository, tmp_path_factory):
         "onnxruntime-fp32",
         host_profile(),
         raw=False,
+    )
+    write_direct_model(
+        repo,
+        "resnet20_streams",
+        ServedModelFiles.load(export_dir),
+        "openvino-int8",
+        replace(host_profile(), classifier_threads=2, classifier_streams=2, max_queue_delay_us=2000),
+        raw=True,
     )
     with running(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
         yield repo, server
@@ -78,6 +87,22 @@ def test_one_step_models_answer_exactly_as_the_ensemble(direct_server, cifar_jpg
     np.testing.assert_allclose(direct, ensemble, rtol=0, atol=1e-5)
     np.testing.assert_allclose(raw, ensemble, rtol=0, atol=1e-5)
     assert (raw.argmax(1) == labels).mean() > 0.8
+
+
+def test_a_model_on_openvino_streams_answers_as_the_engine_offline(direct_server, default_repository, cifar_jpg):
+    from resnet_serve.engines import load_engine
+    from resnet_serve.resnets.spec import CIFAR10, normalize, preprocess_pixels
+
+    repo, server = direct_server
+    config = text_format.Parse((repo / "resnet20_streams" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.parameters["streams"].string_value == "2" and config.parameters["threads"].string_value == "2"
+    encoded, labels = cifar_files(cifar_jpg, 40)
+    served = served_logits(server.http_url, "http", "resnet20_streams", encoded, raw=True, concurrency=8)
+    spec = CIFAR10
+    engine = load_engine(default_repository / "build" / "resnet20" / "openvino-int8", threads=2)
+    offline = engine.infer(normalize(np.stack([preprocess_pixels(b, spec) for b in encoded]), spec))
+    np.testing.assert_allclose(served, offline, rtol=0, atol=1e-4)
+    assert (served.argmax(1) == labels).mean() > 0.8
 
 
 def test_client_sends_raw_bytes_one_per_request(direct_server, cifar_jpg):

@@ -1,8 +1,8 @@
 """Triton Python-backend classifier: a batch of preprocessed images -> logits, through ``engines.load_engine``.
 
 Reads everything from the model configuration: input/output names and dtypes, the parameters
-``engine_dir`` (relative to the version directory) and ``threads``, and the model contract (mean/std
-for a uint8 input, normalised here). With dynamic batching Triton
+``engine_dir`` (relative to the version directory), ``threads`` and ``streams`` (OpenVINO), and the
+model contract (mean/std for a uint8 input, normalised here). With dynamic batching Triton
 hands ``execute`` several requests at once; they run as one engine call and are split back, one
 response per request.
 """
@@ -32,18 +32,22 @@ class TritonPythonModel:
         self.load_engine(args, config, f"input {self.input_name} {np.dtype(self.input_dtype).name}")
 
     def load_engine(self, args: dict, config: dict, describe_input: str) -> None:
-        """The engine named by the parameters ``engine_dir`` and ``threads``; the output from the config."""
+        """The engine the parameters ``engine_dir``, ``threads`` and ``streams`` name; the output from the config."""
         params = parameters(config)
-        threads = params.get("threads")
+        threads, streams = params.get("threads"), params.get("streams")
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.engine = load_engine(
-            version_dir / params.get("engine_dir", "engine"), threads=int(threads) if threads else None
+            version_dir / params.get("engine_dir", "engine"),
+            threads=int(threads) if threads else None,
+            **({"streams": int(streams)} if streams else {}),  # an engine without streams refuses the option
         )
         self.output_name = config["output"][0]["name"]
         self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
         info = self.engine.info()
+        streams = info["details"].get("streams", 1)
         pb_utils.Logger.log_info(
-            f"{args['model_name']}: {info['engine']} {info['precision']} ({info['threads']} threads), {describe_input}"
+            f"{args['model_name']}: {info['engine']} {info['precision']} ({info['threads']} threads"
+            f"{f' in {streams} streams' if streams > 1 else ''}), {describe_input}"
         )
 
     def execute(self, requests):
