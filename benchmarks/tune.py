@@ -89,6 +89,7 @@ class Options:
     top1_tolerance: float = 0.3
     min_agreement_pct: float = 99.0
     eval_images: int = 2000
+    head_to_head_rounds: int = 0  # the leader and the references again, alone, in this many short rounds
 
     @classmethod
     def quick(cls, large: bool) -> Options:
@@ -103,6 +104,7 @@ class Options:
             engines_served=2,
             delays_us=(0, 500, 2000, 5000),
             eval_images=10_000,
+            head_to_head_rounds=6,
         )
 
 
@@ -495,6 +497,38 @@ def paired_ratio(a: Measured, b: Measured) -> float:
     return a.throughput / b.throughput if b.throughput else float("nan")
 
 
+def ratio_figures(best: Measured, references: dict[str, Measured], who: str) -> dict:
+    """``best`` over each reference: the paired ratio, the range of the per-round ratios, the rounds paired."""
+    figures: dict = {"ratios": {}, "ratio_ranges": {}, "ratios_paired_rounds": {}}
+    for role, m in references.items():
+        if m is best or not m.throughput:
+            continue
+        key = f"{who}_over_{role.replace(' ', '_')}"
+        rounds = [mine / their for mine, their in paired(best, m) if their > 0]
+        figures["ratios"][key] = round(paired_ratio(best, m), 2)
+        figures["ratios_paired_rounds"][key] = len(rounds)
+        if rounds:
+            figures["ratio_ranges"][key] = [round(min(rounds), 2), round(max(rounds), 2)]
+    return figures
+
+
+def head_to_head_seconds(options: Options) -> float:
+    """Half the stages' duration, at least 3 s (or all of it where that is shorter)."""
+    return max(min(options.duration_s, 3.0), options.duration_s / 2)
+
+
+def head_to_head(
+    best: Measured, references: dict[str, Measured], files, held: HeldOut, options: Options, base
+) -> list[Measured]:
+    """The chosen (or leading) candidate and the references alone on one server, ``head_to_head_rounds``
+    short interleaved rounds: seconds apart instead of the minutes a stage's round takes, so the per-round
+    ratios see the same machine."""
+    candidates = [best.candidate] + [m.candidate for m in references.values() if m is not best]
+    quick = replace(options, repeats=options.head_to_head_rounds, duration_s=head_to_head_seconds(options))
+    log.info("tune: head to head, %d rounds of %g s: %s", quick.repeats, quick.duration_s, best.candidate.label)
+    return measure(candidates, files, held, quick, base, stage=3)
+
+
 # ---- the stages ------------------------------------------------------------------------------------
 
 
@@ -622,17 +656,25 @@ def tune(
     if best:
         who = "winner" if winner else "leader"
         result["ratios_of"] = who if winner else f"leader, not chosen: {best.candidate.label}"
-        result["ratios"], result["ratios_paired_rounds"] = {}, {}
-        for role, m in references.items():
-            key = f"{who}_over_{role.replace(' ', '_')}"
-            result["ratios_paired_rounds"][key] = len(paired(best, m))
-            if m.throughput:
-                result["ratios"][key] = round(paired_ratio(best, m), 2)
+        result |= ratio_figures(best, references, who)
+        result["ratios_from"] = "stages"
+        if options.head_to_head_rounds and any(m is not best for m in references.values()):
+            final = head_to_head(best, references, files, held, options, base)
+            final_refs = {m.candidate.role: m for m in final[1:]}
+            result["head_to_head"] = {
+                "rounds": options.head_to_head_rounds,
+                "duration_s": head_to_head_seconds(options),
+                "stage_ratios": result["ratios"],  # the same ratios from the stages' rounds, for comparison
+                "candidates": [m.as_dict() for m in final],
+            }
+            result |= ratio_figures(final[0], final_refs, who)
+            result["ratios_from"] = "head to head"
         figures = offline.get(best.candidate.engine)
         if figures:
             result["ratios"]["served_over_offline_engine_only"] = round(best.throughput / figures["engine_img_s"], 2)
             result["ratios"]["served_over_offline_end_to_end"] = round(best.throughput / figures["end_to_end_img_s"], 2)
     result["report"] = str(report) if report else None
+    result["seconds"] = round(time.time() - started, 1)  # the head to head included
     if winner and repository is not None:
         write_winner(repository, export_dir, files, winner, base, result, sample_image)
     return result
@@ -721,6 +763,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocols", help="comma-separated protocols the client may use: grpc,http (default both)")
     p.add_argument("--duration", type=float, help="seconds per measurement")
     p.add_argument("--repeats", type=int, help="measurements per candidate (>= 2 to detect a busy machine)")
+    p.add_argument(
+        "--head-to-head",
+        type=int,
+        help="rounds of the final comparison of the leader with the references (default 6; quick mode 0: the "
+        "ratios come from the stages' rounds)",
+    )
     p.add_argument("--eval-data", type=Path, help="held-out images (ImageFolder with labels, or a flat folder)")
     p.add_argument("--sample-image", type=Path, help="warmup image for the written models")
     p.add_argument("--out", type=Path, help="report folder (default benchmarks/results/tune/<model>)")
@@ -736,6 +784,7 @@ def options_from(args, large: bool) -> Options:
         "p99_budget_ms": args.p99_ms,
         "duration_s": args.duration,
         "repeats": args.repeats,
+        "head_to_head_rounds": args.head_to_head,
     }
     if args.protocols is not None:
         protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
@@ -747,6 +796,8 @@ def options_from(args, large: bool) -> Options:
     for name in ("concurrency", "images_per_request", "repeats"):
         if getattr(options, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if options.head_to_head_rounds < 0:
+        raise UsageError("--head-to-head must be 0 (none) or more rounds")
     if options.duration_s <= 0 or (options.p99_budget_ms is not None and options.p99_budget_ms <= 0):
         raise UsageError("--duration and --p99-ms must be positive")
     return options

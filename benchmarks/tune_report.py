@@ -37,14 +37,45 @@ def markdown(r: dict) -> str:
     if r.get("ratios"):
         if r.get("ratios_of", "winner") != "winner":
             lines += [f"No winner was chosen; the ratios below are those of the {r['ratios_of']}.", ""]
-        lines += ["| ratio | value |", "|---|---:|"]
-        lines += [f"| {k.replace('_', ' ')} | {v:.2f}x |" for k, v in r["ratios"].items()]
-        rounds = ", ".join(f"{n} for {k.replace('_', ' ')}" for k, n in r.get("ratios_paired_rounds", {}).items())
+        ranges = r.get("ratio_ranges", {})
+        lines += ["| ratio | value | per-round range |", "|---|---:|---|"]
         lines += [
-            "",
-            f"Ratios to the references: the median over the rounds in which both ran ({rounds}; the references "
-            "are measured again beside stage 2), so a machine whose speed drifts between rounds does not tilt them.",
+            f"| {k.replace('_', ' ')} | {v:.2f}x | "
+            + (f"{ranges[k][0]:.2f}-{ranges[k][1]:.2f}x |" if k in ranges else "- |")
+            for k, v in r["ratios"].items()
         ]
+        rounds = ", ".join(f"{n} for {k.replace('_', ' ')}" for k, n in r.get("ratios_paired_rounds", {}).items())
+        h2h = r.get("head_to_head")
+        if h2h:
+            first = h2h["candidates"][0]
+            stage = ", ".join(f"{k.replace('_', ' ')} {v:.2f}x" for k, v in h2h["stage_ratios"].items())
+            lines += [
+                "",
+                f"Ratios to the references: measured head to head after the stages, the {r['ratios_of'].split(':')[0]} "
+                f"and the references alone on one server, {h2h['rounds']} interleaved rounds of "
+                f"{h2h['duration_s']:g} s (seconds apart, so "
+                f"a machine whose speed drifts meets each pair alike); the median of the per-round ratios ({rounds}). "
+                f"From the stages' rounds (minutes apart) the same ratios were: {stage}.",
+                "",
+                "| head to head | role | "
+                + " | ".join(f"round {x['round']} img/s" for x in first["runs"])
+                + " | p99 ms (median) |",
+                "|---|---|" + "---:|" * (len(first["runs"]) + 1),
+            ]
+            for c in h2h["candidates"]:
+                p99 = f"{c['latency_ms_p99']:.1f}" if c["latency_ms_p99"] is not None else "-"
+                lines.append(
+                    f"| {c['label']} | {c['role'] or r['ratios_of'].split(':')[0]} | "
+                    + " | ".join(f"{x['throughput_img_s']:,.0f}" for x in c["runs"])
+                    + f" | {p99} |"
+                )
+        else:
+            lines += [
+                "",
+                f"Ratios to the references: the median over the rounds in which both ran ({rounds}; the references "
+                "are measured again beside stage 2), so a machine whose speed drifts between rounds does not tilt "
+                "them.",
+            ]
         lines.append("")
     held = r["held_out"]
     lines += [

@@ -247,6 +247,26 @@ def test_rounds_pair_only_within_a_stage_and_the_ratio_is_paired():
     assert tune.paired_ratio(leader, stage1) == pytest.approx(leader.throughput / stage1.throughput)
 
 
+def test_ratio_figures_give_the_paired_median_its_range_and_skip_the_leader_itself():
+    leader = measured("leader", [3000, 2400, 2600], [5, 5, 5])
+    default = measured("default", [1000, 1200, 1000], [10, 10, 10])
+    figures = tune.ratio_figures(leader, {"untuned default": default, "self": leader}, "winner")
+    key = "winner_over_untuned_default"
+    assert figures["ratios"] == {key: 2.6} and figures["ratio_ranges"][key] == [2.0, 3.0]
+    assert figures["ratios_paired_rounds"] == {key: 3}
+
+
+def test_head_to_head_flag():
+    parse = tune.build_parser().parse_args
+    assert tune.options_from(parse([]), large=False).head_to_head_rounds == 6
+    assert tune.options_from(parse(["--quick"]), large=False).head_to_head_rounds == 0
+    assert tune.options_from(parse(["--quick", "--head-to-head", "4"]), large=True).head_to_head_rounds == 4
+    with pytest.raises(UsageError, match="--head-to-head must be 0"):
+        tune.options_from(parse(["--head-to-head", "-1"]), large=False)
+    assert tune.head_to_head_seconds(tune.Options(duration_s=8.0)) == 4.0
+    assert tune.head_to_head_seconds(tune.Options(duration_s=1.0)) == 1.0
+
+
 def test_calibration_split_is_the_calibration_pick_and_the_rest(tmp_path):
     if not IMAGENET_SAMPLE.is_dir():
         pytest.skip("needs the ImageNet sample images")
@@ -288,7 +308,16 @@ def test_a_real_tune_run_writes_the_winner_and_its_evidence(default_repository, 
     assert impossible["winner"] is None and impossible["verdict"].startswith("impossible budget")
     assert RepositoryIndex.load(repo).network("resnet20").tuning is None  # nothing written
 
-    result = tune.tune(export_dir, repo, tune.replace(options, p99_budget_ms=1000), report=tmp_path / "tune.md")
+    final = tune.replace(options, p99_budget_ms=1000, head_to_head_rounds=2)
+    result = tune.tune(export_dir, repo, final, report=tmp_path / "tune.md")
+    # the ratios come from the head to head: the leader and both references, alone, in 2 rounds of stage 3
+    assert result["ratios_from"] == "head to head"
+    h2h = result["head_to_head"]["candidates"]
+    assert h2h[0]["label"] in result["ratios_of"] or result["ratios_of"] == "winner"
+    assert {c["role"] for c in h2h[1:]} == {"untuned default", "FP32 default"}
+    assert all([r["stage"] for r in c["runs"]] == [3, 3] and c["errors"] == 0 for c in h2h)
+    for key, (low, high) in result["ratio_ranges"].items():
+        assert low <= result["ratios"][key] <= high and result["ratios_paired_rounds"][key] == 2
     roles = {c["role"] for c in result["candidates"]}
     assert {"untuned default", "FP32 default"} <= roles
     assert {c["protocol"] for c in result["candidates"]} == {"grpc", "http"}  # both clients measured
@@ -307,7 +336,8 @@ def test_a_real_tune_run_writes_the_winner_and_its_evidence(default_repository, 
 
     tune_report.write(result, tmp_path / "report")
     assert json.loads((tmp_path / "report" / "tune.json").read_text())["verdict"].startswith("ok")
-    assert "winner" in (tmp_path / "report" / "tune.md").read_text()
+    text = (tmp_path / "report" / "tune.md").read_text()
+    assert "winner" in text and "measured head to head after the stages" in text
     assert (tmp_path / "report" / "tune.png").stat().st_size > 10_000
     shutil.rmtree(tmp_path / "report")
 
