@@ -3,6 +3,7 @@ and an import error from inside an installed package is not disguised as "not in
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -85,3 +86,24 @@ def test_openvino_streams_cut_the_batch_and_give_the_same_logits(default_reposit
 def test_an_option_a_backend_does_not_have_is_refused_by_name(default_repository):
     with pytest.raises(EngineError, match="the onnxruntime engine has no option streams; remove it"):
         load_engine(default_repository / "build" / "resnet20" / "onnxruntime-int8", threads=2, streams=2)
+
+
+def test_openvino_threads_are_not_pinned_unless_asked(default_repository, tmp_path):
+    """OpenVINO pins threads to the same first cores in every process, so model instances would share them:
+    the engine turns pinning off unless asked, and the pinning benchmark runs both ways on real processes."""
+    engine_dir = default_repository / "build" / "resnet20" / "openvino-int8"
+    floating, pinned = load_engine(engine_dir, threads=1), load_engine(engine_dir, threads=1, pin_threads=True)
+    assert floating.compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert pinned.compiled.get_property("ENABLE_CPU_PINNING") is True
+    assert (floating.info()["details"]["cpu_pinning"], pinned.info()["details"]["cpu_pinning"]) == (False, True)
+
+    from resnet_serve.benchmarks import pinning
+
+    args = ["--engine", str(engine_dir), "--processes", "2", "--threads", "1", "--seconds", "0.3", "--rounds", "1"]
+    assert pinning.main([*args, "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "pinning.json").read_text())
+    assert [r["pinned"] for r in report["rounds"]] == [True, False]
+    assert all(len(r["img_s"]) == 2 and min(r["img_s"]) > 0 for r in report["rounds"])
+    assert report["unpinned_over_pinned"] > 0 and report["environment"]["cpu_model"]
+    onnx_dir = default_repository / "build" / "resnet20" / "onnxruntime-int8"
+    assert pinning.main(["--engine", str(onnx_dir), "--out", str(tmp_path)]) != 0  # not an OpenVINO engine

@@ -36,7 +36,8 @@ def cifar_files(cifar_jpg: Path, count: int) -> tuple[list[bytes], np.ndarray]:
 @pytest.fixture(scope="module")
 def direct_server(default_repository, tmp_path_factory):
     """A repository whose ``resnet20`` is the one-step raw-bytes model, beside a one-step BYTES model and the
-    ensemble of the same engine, and a one-step OpenVINO INT8 model on two streams, on the real server."""
+    ensemble of the same engine, and one-step OpenVINO INT8 models on two streams and in two instances, on the
+    real server."""
     from resnet_serve.server import running
 
     repo = tmp_path_factory.mktemp("direct") / "repository"
@@ -56,6 +57,14 @@ def direct_server(default_repository, tmp_path_factory):
         ServedModelFiles.load(export_dir),
         "openvino-int8",
         replace(host_profile(), classifier_threads=2, classifier_streams=2, max_queue_delay_us=2000),
+        raw=True,
+    )
+    write_direct_model(
+        repo,
+        "resnet20_instances",
+        ServedModelFiles.load(export_dir),
+        "openvino-int8",
+        replace(host_profile(), classifier_instances=2, classifier_threads=1),
         raw=True,
     )
     with running(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
@@ -102,6 +111,20 @@ def test_a_model_on_openvino_streams_answers_as_the_engine_offline(direct_server
     engine = load_engine(default_repository / "build" / "resnet20" / "openvino-int8", threads=2)
     offline = engine.infer(normalize(np.stack([preprocess_pixels(b, spec) for b in encoded]), spec))
     np.testing.assert_allclose(served, offline, rtol=0, atol=1e-4)
+    assert (served.argmax(1) == labels).mean() > 0.8
+
+
+def test_openvino_instances_leave_their_threads_unpinned(direct_server, cifar_jpg):
+    """Two instances (a process each) of one OpenVINO thread: pinned, both would run on the same first core.
+    The classifier asks for no pinning and says so; a single instance owning every core stays pinned."""
+    _, server = direct_server
+    loaded = [line for line in server.log_tail if "openvino int8 (" in line]
+    assert sum("resnet20_instances: openvino int8 (1 threads, not pinned)" in line for line in loaded) == 2, loaded
+    cores = len(os.sched_getaffinity(0))
+    streams = [line for line in loaded if "resnet20_streams: " in line]
+    assert streams and all(("2 threads in 2 streams, pinned" in line) == (cores <= 2) for line in streams), streams
+    encoded, labels = cifar_files(cifar_jpg, 24)
+    served = served_logits(server.http_url, "http", "resnet20_instances", encoded, raw=True, concurrency=8)
     assert (served.argmax(1) == labels).mean() > 0.8
 
 

@@ -1,7 +1,8 @@
 """Triton Python-backend classifier: a batch of preprocessed images -> logits, through ``engines.load_engine``.
 
 Reads everything from the model configuration: input/output names and dtypes, the parameters
-``engine_dir`` (relative to the version directory), ``threads`` and ``streams`` (OpenVINO), and the
+``engine_dir`` (relative to the version directory), ``threads`` and ``streams`` (OpenVINO; with more than
+one instance its threads are not pinned, see ``engines/openvino.py``), and the
 model contract (mean/std for a uint8 input, normalised here). With dynamic batching Triton
 hands ``execute`` several requests at once; they run as one engine call and are split back, one
 response per request.
@@ -16,6 +17,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from resnet_serve.engines import load_engine
+from resnet_serve.engines.base import read_manifest
 from resnet_serve.resnets.spec import DatasetSpec, normalize
 from resnet_serve.server.models import parameters
 from resnet_serve.server.models.preprocess import invalid
@@ -35,19 +37,20 @@ class TritonPythonModel:
         """The engine the parameters ``engine_dir``, ``threads`` and ``streams`` name; the output from the config."""
         params = parameters(config)
         threads, streams = params.get("threads"), params.get("streams")
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.engine = load_engine(
-            version_dir / params.get("engine_dir", "engine"),
-            threads=int(threads) if threads else None,
-            **({"streams": int(streams)} if streams else {}),  # an engine without streams refuses the option
-        )
+        engine_dir = Path(args["model_repository"]) / args["model_version"] / params.get("engine_dir", "engine")
+        options = {"streams": int(streams)} if streams else {}  # an engine without streams refuses the option
+        instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
+        if instances > 1 and engine_dir.is_dir() and read_manifest(engine_dir).get("engine") == "openvino":
+            options["pin_threads"] = False  # pinned, every instance (a process each) would take the same cores
+        self.engine = load_engine(engine_dir, threads=int(threads) if threads else None, **options)
         self.output_name = config["output"][0]["name"]
         self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
         info = self.engine.info()
-        streams = info["details"].get("streams", 1)
+        streams, pinned = info["details"].get("streams", 1), info["details"].get("cpu_pinning")
         pb_utils.Logger.log_info(
             f"{args['model_name']}: {info['engine']} {info['precision']} ({info['threads']} threads"
-            f"{f' in {streams} streams' if streams > 1 else ''}), {describe_input}"
+            f"{f' in {streams} streams' if streams > 1 else ''}"
+            f"{'' if pinned is None else ', pinned' if pinned else ', not pinned'}), {describe_input}"
         )
 
     def execute(self, requests):
