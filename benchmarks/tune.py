@@ -51,6 +51,7 @@ from resnet_serve.export.repository import (
     size_class,
     write_direct_model,
     write_ensemble_model,
+    write_floor_model,
     write_preprocess_model,
     write_repository,
 )
@@ -68,6 +69,7 @@ WARMUP_S = 2.0  # at least this long under load before a candidate's first measu
 MAX_INSTANCES = 4  # stage 2 tries 1, 2 and up to this many classifier instances, sharing the cores
 NOISE_LIMIT = 0.15  # repeats of a leading candidate that differ by more than this (max-min over median): busy
 DEFAULT_BUDGET_MS = {"small": 100.0, "large": 1000.0}  # p99 budget by input size (CIFAR-sized / ImageNet-sized)
+FLOOR = "serving floor"  # the head to head's model that answers zeros: the serving machinery's ceiling
 
 
 class TuneFailed(ResnetServeError):
@@ -111,7 +113,7 @@ class Options:
 @dataclass(frozen=True)
 class Candidate:
     engine: str  # exported engine key, e.g. "openvino-int8"
-    path: str  # ensemble | direct | direct-raw
+    path: str  # ensemble | direct | direct-raw; floor | floor-raw: no work (``server/models/floor.py``)
     instances: int
     threads: int  # engine threads per instance
     delay_us: int  # dynamic batching window
@@ -122,6 +124,10 @@ class Candidate:
 
     @property
     def label(self) -> str:
+        if self.path.startswith("floor"):
+            return f"no engine {self.path} {self.protocol} {self.instances}x delay {self.delay_us}us pref " + ",".join(
+                map(str, self.preferred)
+            )
         return (
             f"{self.engine} {self.path} {self.protocol} {self.instances}x{self.threads}t"
             f"{f'/{self.streams}s' if self.streams > 1 else ''} delay {self.delay_us}us "
@@ -321,7 +327,7 @@ def offline_figures(engine: Engine, held: HeldOut, spec, batch: int, seconds: fl
 
 def payload_for(model: str, path: str, held: HeldOut, images_per_request: int, requests: int = 256) -> Payload:
     encoded = held.encoded
-    if path == "direct-raw":
+    if path in ("direct-raw", "floor-raw"):
         batches = [np.frombuffer(encoded[i % len(encoded)], np.uint8)[None, :] for i in range(requests)]
         return Payload(model, "image", "UINT8", batches, "jpeg (raw bytes)")
     batches = []
@@ -376,6 +382,8 @@ def measure(
             profile = c.profile(base, spec)
             if c.path == "ensemble":
                 write_ensemble_model(repo, name, files, c.engine, profile, preprocess)
+            elif c.path.startswith("floor"):
+                write_floor_model(repo, name, files, profile, raw=c.path == "floor-raw")
             else:
                 write_direct_model(repo, name, files, c.engine, profile, raw=c.path == "direct-raw")
             names.append(name)
@@ -522,8 +530,11 @@ def head_to_head(
 ) -> list[Measured]:
     """The chosen (or leading) candidate and the references alone on one server, ``head_to_head_rounds``
     short interleaved rounds: seconds apart instead of the minutes a stage's round takes, so the per-round
-    ratios see the same machine."""
+    ratios see the same machine. Beside them the serving floor: the leader's input form, protocol, batching
+    and instances with a model that does no work, the ceiling the serving machinery leaves."""
+    floor = replace(best.candidate, path="floor-raw" if best.candidate.path == "direct-raw" else "floor")
     candidates = [best.candidate] + [m.candidate for m in references.values() if m is not best]
+    candidates.append(replace(floor, engine="none", threads=0, streams=1, role=FLOOR))
     quick = replace(options, repeats=options.head_to_head_rounds, duration_s=head_to_head_seconds(options))
     log.info("tune: head to head, %d rounds of %g s: %s", quick.repeats, quick.duration_s, best.candidate.label)
     return measure(candidates, files, held, quick, base, stage=3)

@@ -4,6 +4,7 @@ tune.png (served throughput against p99 for every candidate, the budget as a lin
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 
@@ -59,16 +60,23 @@ def markdown(r: dict) -> str:
                 "",
                 "| head to head | role | "
                 + " | ".join(f"round {x['round']} img/s" for x in first["runs"])
-                + " | p99 ms (median) |",
-                "|---|---|" + "---:|" * (len(first["runs"]) + 1),
+                + " | p99 ms (median) | CPU us/image (median) |",
+                "|---|---|" + "---:|" * (len(first["runs"]) + 2),
             ]
             for c in h2h["candidates"]:
                 p99 = f"{c['latency_ms_p99']:.1f}" if c["latency_ms_p99"] is not None else "-"
+                cpu = [sum(x["cpu_us_per_image"].values()) for x in c["runs"] if x.get("cpu_us_per_image")]
                 lines.append(
                     f"| {c['label']} | {c['role'] or r['ratios_of'].split(':')[0]} | "
                     + " | ".join(f"{x['throughput_img_s']:,.0f}" for x in c["runs"])
-                    + f" | {p99} |"
+                    + f" | {p99} | {f'{statistics.median(cpu):,.0f}' if cpu else '-'} |"
                 )
+            lines += [
+                "",
+                "CPU per image: client + tritonserver + model processes. The serving floor is the leader's input "
+                "form, protocol, batching and instances with a model that answers zeros (`server/models/floor.py`): "
+                "the ceiling the client, the server and the Python-backend hop leave on this host.",
+            ]
         else:
             lines += [
                 "",

@@ -500,8 +500,22 @@ def write_direct_model(
     config = direct_config(name, model.spec, model.num_classes, profile, raw=raw, sample_bytes=len(model.sample))
     directory = _write_model(Path(repository), config, kind="pipeline", labels=model.labels)
     model.copy_engine(engine, directory)
+    _write_warmup_sample(directory, model, raw)
+    return directory
+
+
+def _write_warmup_sample(directory: Path, model: ServedModelFiles, raw: bool) -> None:
+    """The warmup file a one-step config names: the sample JPEG itself (UINT8) or length-prefixed (BYTES)."""
     (directory / "warmup").mkdir()
     (directory / "warmup" / "sample").write_bytes(model.sample if raw else _length_prefixed(model.sample))
+
+
+def write_floor_model(repository: Path, name: str, model: ServedModelFiles, profile: Profile, *, raw: bool) -> Path:
+    """A model ``name`` with the one-step model's config that answers zeros (``server/models/floor.py``): the
+    serving machinery's ceiling, measured beside the real model."""
+    config = direct_config(name, model.spec, model.num_classes, profile, raw=raw, sample_bytes=len(model.sample))
+    directory = _write_model(Path(repository), config, kind="floor", labels=model.labels)
+    _write_warmup_sample(directory, model, raw)
     return directory
 
 

@@ -20,7 +20,13 @@ from resnet_serve.benchmarks import tune
 from resnet_serve.benchmarks.accuracy import served_logits
 from resnet_serve.errors import UsageError
 from resnet_serve.export.calibration import calibration_split, load_calibration_set
-from resnet_serve.export.repository import ServedModelFiles, host_profile, write_direct_model, write_repository
+from resnet_serve.export.repository import (
+    ServedModelFiles,
+    host_profile,
+    write_direct_model,
+    write_floor_model,
+    write_repository,
+)
 from resnet_serve.resnets.data import scan_image_folder
 from resnet_serve.resnets.env import host_capabilities
 from resnet_serve.resnets.spec import IMAGENET
@@ -67,6 +73,7 @@ def direct_server(default_repository, tmp_path_factory):
         replace(host_profile(), classifier_instances=2, classifier_threads=1),
         raw=True,
     )
+    write_floor_model(repo, "resnet20_floor", ServedModelFiles.load(export_dir), host_profile(), raw=True)
     with running(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
         yield repo, server
 
@@ -126,6 +133,17 @@ def test_openvino_instances_leave_their_threads_unpinned(direct_server, cifar_jp
     encoded, labels = cifar_files(cifar_jpg, 24)
     served = served_logits(server.http_url, "http", "resnet20_instances", encoded, raw=True, concurrency=8)
     assert (served.argmax(1) == labels).mean() > 0.8
+
+
+def test_the_serving_floor_takes_the_one_step_input_and_answers_zeros(direct_server, cifar_jpg):
+    repo, server = direct_server
+    floor = text_format.Parse((repo / "resnet20_floor" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    raw = text_format.Parse((repo / "resnet20" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert floor.input == raw.input and floor.output == raw.output  # the same contract as the one-step model
+    assert not (repo / "resnet20_floor" / "1" / "engine").exists()
+    encoded, _ = cifar_files(cifar_jpg, 8)
+    served = served_logits(server.http_url, "http", "resnet20_floor", encoded, raw=True, concurrency=4)
+    assert served.shape == (8, 10) and not served.any()
 
 
 def test_client_sends_raw_bytes_one_per_request(direct_server, cifar_jpg):
@@ -337,8 +355,11 @@ def test_a_real_tune_run_writes_the_winner_and_its_evidence(default_repository, 
     assert result["ratios_from"] == "head to head"
     h2h = result["head_to_head"]["candidates"]
     assert h2h[0]["label"] in result["ratios_of"] or result["ratios_of"] == "winner"
-    assert {c["role"] for c in h2h[1:]} == {"untuned default", "FP32 default"}
+    assert {c["role"] for c in h2h[1:]} == {"untuned default", "FP32 default", "serving floor"}
     assert all([r["stage"] for r in c["runs"]] == [3, 3] and c["errors"] == 0 for c in h2h)
+    floor = next(c for c in h2h if c["role"] == "serving floor")  # the leader's serving, no work: faster
+    assert floor["path"].startswith("floor") and floor["throughput_img_s"] > h2h[0]["throughput_img_s"]
+    assert 0 < next(v for k, v in result["ratios"].items() if k.endswith("_over_serving_floor")) < 1
     for key, (low, high) in result["ratio_ranges"].items():
         assert low <= result["ratios"][key] <= high and result["ratios_paired_rounds"][key] == 2
     roles = {c["role"] for c in result["candidates"]}

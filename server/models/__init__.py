@@ -1,6 +1,7 @@
 """Triton Python-backend models: ``preprocess`` (image bytes -> the network's input), ``classifier``
 (the network's input -> logits, through ``resnet_serve.engines``) and ``pipeline`` (image bytes -> logits
-in one model, no ensemble hop). Each reads everything it needs from its model configuration, including
+in one model, no ensemble hop); ``floor`` answers zeros with no work, to measure the serving machinery's
+ceiling. Each reads everything it needs from its model configuration, including
 the model contract (dataset, sizes, mean/std) in its parameters.
 
 A model directory's ``1/model.py`` is a two-line file (``model_file``) that imports one of these modules
@@ -13,6 +14,7 @@ MODULES = {
     "classifier": f"{__name__}.classifier",
     "preprocess": f"{__name__}.preprocess",
     "pipeline": f"{__name__}.pipeline",
+    "floor": f"{__name__}.floor",
 }
 
 
