@@ -530,8 +530,9 @@ def head_to_head(
 ) -> list[Measured]:
     """The chosen (or leading) candidate and the references alone on one server, ``head_to_head_rounds``
     short interleaved rounds: seconds apart instead of the minutes a stage's round takes, so the per-round
-    ratios see the same machine. Beside them the serving floor: the leader's input form, protocol, batching
-    and instances with a model that does no work, the ceiling the serving machinery leaves."""
+    ratios see the same machine. Beside them the serving floor: the leader's input form (an ensemble's is the
+    one-step BYTES form), protocol, batching and instances with a model that does no work, the ceiling the
+    serving machinery leaves."""
     floor = replace(best.candidate, path="floor-raw" if best.candidate.path == "direct-raw" else "floor")
     candidates = [best.candidate] + [m.candidate for m in references.values() if m is not best]
     candidates.append(replace(floor, engine="none", threads=0, streams=1, role=FLOOR))

@@ -74,8 +74,9 @@ def markdown(r: dict) -> str:
             lines += [
                 "",
                 "CPU per image: client + tritonserver + model processes. The serving floor is the leader's input "
-                "form, protocol, batching and instances with a model that answers zeros (`server/models/floor.py`): "
-                "the ceiling the client, the server and the Python-backend hop leave on this host.",
+                "form, protocol, batching and instances with a model that answers zeros (`server/models/floor.py`; for "
+                "an ensemble leader the one-step BYTES form, one Python-backend hop instead of two): the ceiling the "
+                "client, the server and the Python-backend hop leave on this host.",
             ]
         else:
             lines += [
