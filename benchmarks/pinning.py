@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import queue
 import statistics
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_serve import cli
-from resnet_serve.errors import UsageError
+from resnet_serve.errors import ResnetServeError, UsageError
 from resnet_serve.resnets.env import available_cores, environment
 
 
@@ -49,6 +50,12 @@ def measure(engine_dir: Path, processes: int, threads: int, pinned: bool, batch:
         worker.start()
     try:
         figures = [results.get(timeout=seconds + 120) for _ in workers]
+    except queue.Empty:
+        codes = [w.exitcode for w in workers]
+        raise ResnetServeError(
+            f"an engine process did not report within {seconds + 120:g} s (exit codes {codes}); "
+            "run again with -v, or with fewer --processes"
+        ) from None
     finally:
         for worker in workers:
             worker.join(timeout=10)

@@ -533,9 +533,9 @@ def head_to_head(
     ratios see the same machine. Beside them the serving floor: the leader's input form (an ensemble's is the
     one-step BYTES form), protocol, batching and instances with a model that does no work, the ceiling the
     serving machinery leaves."""
-    floor = replace(best.candidate, path="floor-raw" if best.candidate.path == "direct-raw" else "floor")
-    candidates = [best.candidate] + [m.candidate for m in references.values() if m is not best]
-    candidates.append(replace(floor, engine="none", threads=0, streams=1, role=FLOOR))
+    path = "floor-raw" if best.candidate.path == "direct-raw" else "floor"
+    floor = replace(best.candidate, engine="none", path=path, threads=0, streams=1, role=FLOOR)
+    candidates = [best.candidate] + [m.candidate for m in references.values() if m is not best] + [floor]
     quick = replace(options, repeats=options.head_to_head_rounds, duration_s=head_to_head_seconds(options))
     log.info("tune: head to head, %d rounds of %g s: %s", quick.repeats, quick.duration_s, best.candidate.label)
     return measure(candidates, files, held, quick, base, stage=3)

@@ -12,7 +12,8 @@ picks the same first cores of its affinity mask, so several instances of a Trito
 pile onto the same cores. Measured with ``python -m benchmarks.pinning`` (ResNet-20 INT8, batch 16, 2-core
 EPYC): 2 processes x 1 thread 7,091 img/s pinned vs 15,441 unpinned; 2 x 2 threads 10,915 vs 13,571; one
 process alone 13,371 vs 13,292. Served alone (one instance of 2 threads, the client and tritonserver on
-the same 2 cores), pinned threads did better: median 5,280 vs 4,773 img/s over 6 interleaved rounds. So by
+the same 2 cores; the load generator against one one-step model, one JPEG per request, concurrency 16),
+pinned threads did better in 8 of 11 interleaved pairs: median 5,280 vs 4,773 img/s over the last 6. So by
 default the threads are pinned only when they cover every core this process may use, and the classifier
 model asks for no pinning when it has more than one instance (``server/models/classifier.py``).
 
