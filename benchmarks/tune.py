@@ -685,11 +685,54 @@ def tune(
         if figures:
             result["ratios"]["served_over_offline_engine_only"] = round(best.throughput / figures["engine_img_s"], 2)
             result["ratios"]["served_over_offline_end_to_end"] = round(best.throughput / figures["end_to_end_img_s"], 2)
+    doubt = unconfirmed(result) if winner else ""
+    if doubt:  # the stages' winner served no more than what is deployed: keep the deployed model
+        winner.verdict = doubt
+        withdraw_winner(
+            result, winner, f"not confirmed: {doubt}; a winner that serves no more than the default is not written"
+        )
+        winner = None
     result["report"] = str(report) if report else None
     result["seconds"] = round(time.time() - started, 1)  # the head to head included
     if winner and repository is not None:
         write_winner(repository, export_dir, files, winner, base, result, sample_image)
     return result
+
+
+def unconfirmed(result: dict) -> str:
+    """Why the final comparison overrules the stages' winner, "" where it does not. The winner must serve
+    more than the untuned default in the ratio the report gives (the head to head's where one ran): a stage
+    leader that then serves no more than the deployed model led by noise, and changing the deployment for it
+    gains nothing."""
+    key = "winner_over_untuned_default"
+    ratio = result.get("ratios", {}).get(key)
+    if ratio is None or ratio > 1.0:
+        return ""
+    low, high = result.get("ratio_ranges", {}).get(key, (ratio, ratio))
+    where = "in the head to head" if result.get("ratios_from") == "head to head" else "in the paired rounds"
+    return f"{where} it served {ratio:.2f}x the untuned default ({low:.2f}-{high:.2f}x per round)"
+
+
+def withdraw_winner(result: dict, winner: Measured, verdict: str) -> None:
+    """Record ``winner`` as the leader, not chosen: the verdict, its candidate row and the ratios' names."""
+    result["verdict"] = verdict
+    result["winner"] = None
+    result["ratios_of"] = f"leader, not chosen: {winner.candidate.label}"
+    for c in result["candidates"]:
+        c["verdict"] = (
+            winner.verdict
+            if c["label"] == winner.candidate.label
+            else c["verdict"].replace("than the winner", "than the leader")
+        )
+
+    def as_leader(figures: dict) -> dict:
+        return {k.replace("winner_over_", "leader_over_", 1): v for k, v in figures.items()}
+
+    for key in ("ratios", "ratio_ranges", "ratios_paired_rounds"):
+        if key in result:
+            result[key] = as_leader(result[key])
+    if "head_to_head" in result:
+        result["head_to_head"]["stage_ratios"] = as_leader(result["head_to_head"]["stage_ratios"])
 
 
 def evidence(result: dict) -> dict:
