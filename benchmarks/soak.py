@@ -239,9 +239,9 @@ class Launcher:
     """``python -m resnet_serve.server`` (supervised) on free loopback ports, for the soak's duration."""
 
     def __init__(self, repository: Path, workdir: Path) -> None:
-        from resnet_serve.server import free_port
+        from resnet_serve.server import free_ports
 
-        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        self.ports = dict(zip(("http", "grpc", "metrics"), free_ports(3), strict=True))
         self.log_path = workdir / "server.log"
         ports = [f"--{name}-port={port}" for name, port in self.ports.items()]
         command = [sys.executable, "-m", "resnet_serve.server", "--model-repository", str(repository), *ports,

@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,10 +226,25 @@ class TritonInstall:
         return install
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def free_ports(count: int, host: str = "127.0.0.1", avoid: Iterable[int] = ()) -> list[int]:
+    """``count`` distinct ports free on ``host`` now, none of them in ``avoid``. The sockets stay bound until
+    all are picked: a port whose socket was closed can be handed out again at once, and two servers told the
+    same port fail to start ("cannot listen to HTTP requests and GRPC requests at the same address")."""
+    avoid = set(avoid)
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:  # each bound socket takes a new port: at most len(avoid) extra turns
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+        return ports
+    finally:
+        for sock in held:
+            sock.close()
 
 
 RESTRICTABLE = ("shared-memory", "model-repository", "logging", "trace", "statistics", "model-config", "metadata")
@@ -307,9 +323,12 @@ class ServerConfig:
     max_body_mb: int = 64  # the proxy's limit on one request body
 
     def resolve_ports(self) -> None:
-        for name in ("http_port", "grpc_port", "metrics_port"):
-            if getattr(self, name) == 0:
-                setattr(self, name, free_port(self.host))
+        """Free ports for those asked as 0, distinct from each other and from the ports given."""
+        names = ("http_port", "grpc_port", "metrics_port")
+        unset = [name for name in names if getattr(self, name) == 0]
+        given = [getattr(self, name) for name in names if name not in unset]
+        for name, port in zip(unset, free_ports(len(unset), self.host, avoid=given), strict=True):
+            setattr(self, name, port)
 
 
 class TritonServer:
@@ -435,7 +454,8 @@ class TritonServer:
         if cfg.http_exposure == "proxy" and (
             self.triton_http_port is None or port_in_use("127.0.0.1", self.triton_http_port)
         ):
-            self.triton_http_port = free_port("127.0.0.1")
+            public = (cfg.http_port, cfg.grpc_port, cfg.metrics_port)  # Triton's own HTTP port, behind nginx
+            (self.triton_http_port,) = free_ports(1, "127.0.0.1", avoid=public)
         stale = remove_stale_shm()
         if stale:
             log.info("removed %d shared-memory regions left by a server that is gone", len(stale))

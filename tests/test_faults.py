@@ -25,7 +25,7 @@ import tritonclient.grpc as grpcclient
 from conftest import cifar_test_files
 from PIL import Image
 
-from resnet_serve.server import ServerConfig, ServerError, TritonServer, free_port
+from resnet_serve.server import ServerConfig, ServerError, TritonServer, free_ports
 from resnet_serve.server.health import main as health_main
 from resnet_serve.server.triton import SHM_GLOB, descendants, remove_stale_shm
 
@@ -63,7 +63,7 @@ def tritonserver_of(root_pid: int) -> int:
 @contextmanager
 def launcher(repository: Path, tmp_path: Path, *extra: str, wait: bool = True):
     """``python -m server`` (the real launcher, supervising) on free loopback ports."""
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    http, grpc, metrics = free_ports(3)
     command = [
         sys.executable, "-m", "resnet_serve.server", "--model-repository", str(repository),
         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),

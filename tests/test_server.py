@@ -308,3 +308,17 @@ def test_prometheus_metrics_count_requests(triton, cifar_jpg):
 
     count = settled(served_count, lambda count: count is not None and count >= 10)
     assert count is not None and count >= 10, count
+
+
+def test_free_ports_are_distinct_and_avoid_the_given_ones():
+    # picked one at a time, a closed socket's port can come back at once: an HTTP and a gRPC port were
+    # once the same, and Triton refused to start
+    from resnet_serve.server import ServerConfig, free_ports
+
+    ports = free_ports(40)
+    assert len(set(ports)) == 40 and all(1024 <= p <= 65535 for p in ports)
+    assert not set(free_ports(10, avoid=ports[:5])) & set(ports[:5])
+    config = ServerConfig(model_repository=Path("."), http_port=0, grpc_port=ports[0], metrics_port=0)
+    config.resolve_ports()
+    assert config.grpc_port == ports[0]
+    assert len({config.http_port, config.grpc_port, config.metrics_port}) == 3
