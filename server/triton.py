@@ -228,8 +228,8 @@ class TritonInstall:
 
 def free_ports(count: int, host: str = "127.0.0.1", avoid: Iterable[int] = ()) -> list[int]:
     """``count`` distinct ports free on ``host`` now, none of them in ``avoid``. The sockets stay bound until
-    all are picked: a port whose socket was closed can be handed out again at once, and two servers told the
-    same port fail to start ("cannot listen to HTTP requests and GRPC requests at the same address")."""
+    all are picked: a port whose socket was closed can be handed out again at once, and a server told one
+    port for two listeners fails to start ("cannot listen to HTTP requests and GRPC requests at the same address")."""
     avoid = set(avoid)
     held: list[socket.socket] = []
     ports: list[int] = []
