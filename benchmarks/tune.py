@@ -687,10 +687,7 @@ def tune(
             result["ratios"]["served_over_offline_end_to_end"] = round(best.throughput / figures["end_to_end_img_s"], 2)
     doubt = unconfirmed(result) if winner else ""
     if doubt:  # the stages' winner served no more than what is deployed: keep the deployed model
-        winner.verdict = doubt
-        withdraw_winner(
-            result, winner, f"not confirmed: {doubt}; a winner that serves no more than the default is not written"
-        )
+        withdraw_winner(result, winner, doubt)
         winner = None
     result["report"] = str(report) if report else None
     result["seconds"] = round(time.time() - started, 1)  # the head to head included
@@ -713,9 +710,11 @@ def unconfirmed(result: dict) -> str:
     return f"{where} it served {ratio:.2f}x the untuned default ({low:.2f}-{high:.2f}x per round)"
 
 
-def withdraw_winner(result: dict, winner: Measured, verdict: str) -> None:
-    """Record ``winner`` as the leader, not chosen: the verdict, its candidate row and the ratios' names."""
-    result["verdict"] = verdict
+def withdraw_winner(result: dict, winner: Measured, doubt: str) -> None:
+    """Record ``winner`` as the leader, not chosen for ``doubt`` (``unconfirmed``'s reason): the verdict, its
+    candidate row and the ratios' names."""
+    winner.verdict = doubt
+    result["verdict"] = f"not confirmed: {doubt}; a winner that serves no more than the default is not written"
     result["winner"] = None
     result["ratios_of"] = f"leader, not chosen: {winner.candidate.label}"
     for c in result["candidates"]:

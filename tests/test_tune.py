@@ -313,9 +313,9 @@ def test_a_winner_that_serves_no_more_than_the_default_in_the_final_comparison_i
     }
     doubt = tune.unconfirmed(result)
     assert doubt == "in the head to head it served 0.95x the untuned default (0.83-1.02x per round)"
-    leader.verdict = doubt
-    tune.withdraw_winner(result, leader, f"not confirmed: {doubt}")
-    assert result["winner"] is None and result["verdict"] == f"not confirmed: {doubt}"
+    tune.withdraw_winner(result, leader, doubt)
+    assert result["winner"] is None and result["verdict"].startswith(f"not confirmed: {doubt}; ")
+    assert leader.verdict == doubt
     assert result["ratios_of"] == f"leader, not chosen: {leader.candidate.label}"
     assert result["ratios"] == {"leader_over_untuned_default": 0.95, "leader_over_FP32_default": 1.93}
     assert set(result["ratio_ranges"]) == set(result["ratios_paired_rounds"]) == set(result["ratios"])
