@@ -474,7 +474,7 @@ def choose(measured: list[Measured], budget_ms: float) -> tuple[Measured | None,
         verdict = f"ok, on a noisy machine: {noise}, but the winner was ahead of every other candidate in every round"
     winner.verdict = "winner"
     for m in eligible[1:]:
-        m.verdict = f"{100 * (1 - m.throughput / winner.throughput):.1f}% less throughput than the winner"
+        m.verdict = f"{100 * (1 - m.throughput / winner.throughput):.1f}% less throughput than the fastest"
     return winner, verdict
 
 
@@ -505,19 +505,25 @@ def paired_ratio(a: Measured, b: Measured) -> float:
     return a.throughput / b.throughput if b.throughput else float("nan")
 
 
-def ratio_figures(best: Measured, references: dict[str, Measured], who: str) -> dict:
-    """``best`` over each reference: the paired ratio, the range of the per-round ratios, the rounds paired."""
+def ratio_figures(best: Measured, references: dict[str, Measured]) -> dict:
+    """``best`` over each reference: the paired ratio, the range of the per-round ratios, the rounds paired;
+    keyed by the reference's role (``untuned_default``), named for the reader by ``named``."""
     figures: dict = {"ratios": {}, "ratio_ranges": {}, "ratios_paired_rounds": {}}
     for role, m in references.items():
         if m is best or not m.throughput:
             continue
-        key = f"{who}_over_{role.replace(' ', '_')}"
+        key = role.replace(" ", "_")
         rounds = [mine / their for mine, their in paired(best, m) if their > 0]
         figures["ratios"][key] = round(paired_ratio(best, m), 2)
         figures["ratios_paired_rounds"][key] = len(rounds)
         if rounds:
             figures["ratio_ranges"][key] = [round(min(rounds), 2), round(max(rounds), 2)]
     return figures
+
+
+def named(figures: dict, who: str) -> dict:
+    """``ratio_figures`` with every key named for whose ratio it is: ``winner_over_untuned_default``."""
+    return {part: {f"{who}_over_{key}": v for key, v in values.items()} for part, values in figures.items()}
 
 
 def head_to_head_seconds(options: Options) -> float:
@@ -647,14 +653,10 @@ def tune(
         "host": host,
         "environment": environment(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
-        "seconds": round(time.time() - started, 1),
         "options": {**asdict(options), "p99_budget_ms": budget},
         "held_out": {"images": len(held.encoded), "labelled": held.labels is not None, "source": held.source},
         "accuracy": accuracy,
         "offline": offline,
-        "candidates": [m.as_dict() for m in everything],
-        "verdict": verdict,
-        "winner": winner.as_dict() if winner else None,
         "references": {
             role: {"label": m.candidate.label, "throughput_img_s": round(m.throughput, 1), "latency_ms_p99": m.p99}
             for role, m in references.items()
@@ -666,72 +668,61 @@ def tune(
         (m for m in contenders if m.errors == 0 and m.p99 <= budget), key=lambda m: m.throughput, default=None
     )
     if best:
-        who = "winner" if winner else "leader"
-        result["ratios_of"] = who if winner else f"leader, not chosen: {best.candidate.label}"
-        result |= ratio_figures(best, references, who)
-        result["ratios_from"] = "stages"
+        stages = ratio_figures(best, references)
+        figures, ratios_from, h2h = stages, "stages", None
         if options.head_to_head_rounds and any(m is not best for m in references.values()):
             final = head_to_head(best, references, files, held, options, base)
-            final_refs = {m.candidate.role: m for m in final[1:]}
-            result["head_to_head"] = {
+            h2h = {
                 "rounds": options.head_to_head_rounds,
                 "duration_s": head_to_head_seconds(options),
-                "stage_ratios": result["ratios"],  # the same ratios from the stages' rounds, for comparison
                 "candidates": [m.as_dict() for m in final],
             }
-            result |= ratio_figures(final[0], final_refs, who)
-            result["ratios_from"] = "head to head"
-        figures = offline.get(best.candidate.engine)
-        if figures:
-            result["ratios"]["served_over_offline_engine_only"] = round(best.throughput / figures["engine_img_s"], 2)
-            result["ratios"]["served_over_offline_end_to_end"] = round(best.throughput / figures["end_to_end_img_s"], 2)
-    doubt = unconfirmed(result) if winner else ""
-    if doubt:  # the stages' winner served no more than what is deployed: keep the deployed model
-        withdraw_winner(result, winner, doubt)
-        winner = None
-    result["report"] = str(report) if report else None
-    result["seconds"] = round(time.time() - started, 1)  # the head to head included
+            figures, ratios_from = ratio_figures(final[0], {m.candidate.role: m for m in final[1:]}), "head to head"
+        winner, verdict = confirm(winner, verdict, figures, ratios_from)
+        who = "winner" if winner else "leader"
+        result["ratios_of"] = who if winner else f"leader, not chosen: {best.candidate.label}"
+        result |= named(figures, who)
+        result["ratios_from"] = ratios_from
+        if h2h:  # the same ratios from the stages' rounds, for comparison
+            result["head_to_head"] = {**h2h, "stage_ratios": named(stages, who)["ratios"]}
+        alone = offline.get(best.candidate.engine)
+        if alone:
+            result["ratios"]["served_over_offline_engine_only"] = round(best.throughput / alone["engine_img_s"], 2)
+            result["ratios"]["served_over_offline_end_to_end"] = round(best.throughput / alone["end_to_end_img_s"], 2)
+    result |= {
+        "candidates": [m.as_dict() for m in everything],  # after the final comparison: its verdicts included
+        "verdict": verdict,
+        "winner": winner.as_dict() if winner else None,
+        "report": str(report) if report else None,
+        "seconds": round(time.time() - started, 1),  # the head to head included
+    }
     if winner and repository is not None:
         write_winner(repository, export_dir, files, winner, base, result, sample_image)
     return result
 
 
-def unconfirmed(result: dict) -> str:
+def unconfirmed(figures: dict, ratios_from: str) -> str:
     """Why the final comparison overrules the stages' winner, "" where it does not. The winner must serve
-    more than the untuned default in the ratio the report gives (the head to head's where one ran): a stage
-    leader that then serves no more than the deployed model led by noise, and changing the deployment for it
-    gains nothing."""
-    key = "winner_over_untuned_default"
-    ratio = result.get("ratios", {}).get(key)
+    more than the untuned default in the ratio the report gives (``ratio_figures`` of the head to head where
+    one ran, else of the stages' paired rounds): a stage leader that then serves no more than the deployed
+    model led by noise, and changing the deployment for it gains nothing."""
+    ratio = figures["ratios"].get("untuned_default")
     if ratio is None or ratio > 1.0:
         return ""
-    low, high = result.get("ratio_ranges", {}).get(key, (ratio, ratio))
-    where = "in the head to head" if result.get("ratios_from") == "head to head" else "in the paired rounds"
+    low, high = figures["ratio_ranges"].get("untuned_default", (ratio, ratio))
+    where = "in the head to head" if ratios_from == "head to head" else "in the paired rounds"
     return f"{where} it served {ratio:.2f}x the untuned default ({low:.2f}-{high:.2f}x per round)"
 
 
-def withdraw_winner(result: dict, winner: Measured, doubt: str) -> None:
-    """Record ``winner`` as the leader, not chosen for ``doubt`` (``unconfirmed``'s reason): the verdict, its
-    candidate row and the ratios' names."""
+def confirm(winner: Measured | None, verdict: str, figures: dict, ratios_from: str) -> tuple[Measured | None, str]:
+    """The stages' winner and verdict after the final comparison (``figures``, from ``ratios_from``): unchanged,
+    or no winner and a "not confirmed" verdict where ``unconfirmed`` gives a reason, which becomes the leader's
+    own verdict."""
+    doubt = unconfirmed(figures, ratios_from) if winner else ""
+    if not doubt:
+        return winner, verdict
     winner.verdict = doubt
-    result["verdict"] = f"not confirmed: {doubt}; a winner that serves no more than the default is not written"
-    result["winner"] = None
-    result["ratios_of"] = f"leader, not chosen: {winner.candidate.label}"
-    for c in result["candidates"]:
-        c["verdict"] = (
-            winner.verdict
-            if c["label"] == winner.candidate.label
-            else c["verdict"].replace("than the winner", "than the leader")
-        )
-
-    def as_leader(figures: dict) -> dict:
-        return {k.replace("winner_over_", "leader_over_", 1): v for k, v in figures.items()}
-
-    for key in ("ratios", "ratio_ranges", "ratios_paired_rounds"):
-        if key in result:
-            result[key] = as_leader(result[key])
-    if "head_to_head" in result:
-        result["head_to_head"]["stage_ratios"] = as_leader(result["head_to_head"]["stage_ratios"])
+    return None, f"not confirmed: {doubt}; a winner that serves no more than the default is not written"
 
 
 def evidence(result: dict) -> dict:

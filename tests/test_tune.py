@@ -291,10 +291,15 @@ def test_rounds_pair_only_within_a_stage_and_the_ratio_is_paired():
 def test_ratio_figures_give_the_paired_median_its_range_and_skip_the_leader_itself():
     leader = measured("leader", [3000, 2400, 2600], [5, 5, 5])
     default = measured("default", [1000, 1200, 1000], [10, 10, 10])
-    figures = tune.ratio_figures(leader, {"untuned default": default, "self": leader}, "winner")
-    key = "winner_over_untuned_default"
+    figures = tune.ratio_figures(leader, {"untuned default": default, "self": leader})
+    key = "untuned_default"
     assert figures["ratios"] == {key: 2.6} and figures["ratio_ranges"][key] == [2.0, 3.0]
     assert figures["ratios_paired_rounds"] == {key: 3}
+    assert tune.named(figures, "winner") == {
+        "ratios": {"winner_over_untuned_default": 2.6},
+        "ratio_ranges": {"winner_over_untuned_default": [2.0, 3.0]},
+        "ratios_paired_rounds": {"winner_over_untuned_default": 3},
+    }
 
 
 def test_a_winner_that_serves_no_more_than_the_default_in_the_final_comparison_is_withdrawn():
@@ -302,30 +307,27 @@ def test_a_winner_that_serves_no_more_than_the_default_in_the_final_comparison_i
     leader, other = measured("leader", [31, 30], [600, 610]), measured("other", [28, 27], [600, 610])
     winner, verdict = tune.choose([leader, other], 1000)
     assert winner is leader and verdict == "ok"
-    result = {
-        "winner": leader.as_dict(),
-        "candidates": [leader.as_dict(), other.as_dict()],
-        "ratios": {"winner_over_untuned_default": 0.95, "winner_over_FP32_default": 1.93},
-        "ratio_ranges": {"winner_over_untuned_default": [0.83, 1.02], "winner_over_FP32_default": [1.9, 2.25]},
-        "ratios_paired_rounds": {"winner_over_untuned_default": 3, "winner_over_FP32_default": 3},
-        "ratios_from": "head to head",
-        "head_to_head": {"stage_ratios": {"winner_over_untuned_default": 1.09}},
+    assert other.verdict.endswith("% less throughput than the fastest")  # true whether or not it is chosen
+    figures = {
+        "ratios": {"untuned_default": 0.95, "FP32_default": 1.93},
+        "ratio_ranges": {"untuned_default": [0.83, 1.02], "FP32_default": [1.9, 2.25]},
+        "ratios_paired_rounds": {"untuned_default": 3, "FP32_default": 3},
     }
-    doubt = tune.unconfirmed(result)
-    assert doubt == "in the head to head it served 0.95x the untuned default (0.83-1.02x per round)"
-    tune.withdraw_winner(result, leader, doubt)
-    assert result["winner"] is None and result["verdict"].startswith(f"not confirmed: {doubt}; ")
-    assert leader.verdict == doubt
-    assert result["ratios_of"] == f"leader, not chosen: {leader.candidate.label}"
-    assert result["ratios"] == {"leader_over_untuned_default": 0.95, "leader_over_FP32_default": 1.93}
-    assert set(result["ratio_ranges"]) == set(result["ratios_paired_rounds"]) == set(result["ratios"])
-    assert result["head_to_head"]["stage_ratios"] == {"leader_over_untuned_default": 1.09}
-    assert result["candidates"][0]["verdict"] == doubt
-    assert result["candidates"][1]["verdict"].endswith("% less throughput than the leader")
+    doubt = "in the head to head it served 0.95x the untuned default (0.83-1.02x per round)"
+    assert tune.unconfirmed(figures, "head to head") == doubt
+    winner, verdict = tune.confirm(leader, verdict, figures, "head to head")
+    assert winner is None and verdict.startswith(f"not confirmed: {doubt}; ")
+    assert leader.verdict == doubt and leader.as_dict()["verdict"] == doubt
     # equal is not better; ahead of the default, or the default itself (no such ratio), stands
-    assert tune.unconfirmed({"ratios": {"winner_over_untuned_default": 1.0}}).startswith("in the paired rounds")
-    assert tune.unconfirmed({"ratios": {"winner_over_untuned_default": 1.01}}) == ""
-    assert tune.unconfirmed({"ratios": {"winner_over_FP32_default": 3.1}}) == ""
+    equal = {"ratios": {"untuned_default": 1.0}, "ratio_ranges": {}}
+    assert (
+        tune.unconfirmed(equal, "stages")
+        == "in the paired rounds it served 1.00x the untuned default (1.00-1.00x per round)"
+    )
+    ahead = {"ratios": {"untuned_default": 1.01}, "ratio_ranges": {}}
+    assert tune.confirm(other, "ok", ahead, "stages") == (other, "ok")
+    assert tune.unconfirmed({"ratios": {"FP32_default": 3.1}, "ratio_ranges": {}}, "stages") == ""
+    assert tune.confirm(None, "noisy: ...", figures, "head to head") == (None, "noisy: ...")  # nothing to withdraw
 
 
 def test_head_to_head_flag():
