@@ -305,9 +305,10 @@ def accuracy_check(
 def offline_figures(engine: Engine, held: HeldOut, spec, batch: int, seconds: float) -> dict:
     """Engine-only img/s on preprocessed batches (``offline.time_engine``), and end to end (decode +
     preprocess + engine, one image after another as the served model does) on the same JPEGs, with the
-    same engine and threads."""
+    same engine and threads; the end to end's CPU per image counts every thread of this process (the
+    engine's included)."""
     engine_only = time_engine(engine, normalize(repeat_to(held.pixels, batch), spec), duration_s=seconds)
-    done, start, i = 0, time.perf_counter(), 0
+    done, start, cpu, i = 0, time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - start < seconds:
         chunk = [held.encoded[(i + k) % len(held.encoded)] for k in range(batch)]
         pixels = np.stack([preprocess_pixels(b, spec) for b in chunk])
@@ -319,6 +320,39 @@ def offline_figures(engine: Engine, held: HeldOut, spec, batch: int, seconds: fl
         "threads": engine.info()["threads"],
         "engine_img_s": round(engine_only["throughput_img_s"], 1),
         "end_to_end_img_s": round(end_to_end, 1),
+        "end_to_end_cpu_us_per_image": round(1e6 * (time.process_time() - cpu) / max(1, done), 1),
+    }
+
+
+def cpu_split(final: list[Measured], summary: ExportSummary, held: HeldOut, spec) -> dict:
+    """Where the head-to-head leader's CPU per image goes: the serving floor (client, server and the
+    Python-backend hop with no work), the model's own work measured apart (``offline_figures`` in this
+    process, with the leader's engine, threads and streams, at the batch its engine ran in the head to
+    head), and the rest, lost to the processes taking turns on the cores. A leader that spent only floor +
+    work would serve the untuned default's CPU per image over that sum times the default's throughput: a
+    rough ceiling of the ratio on this host (the floor runs smaller batches than the leader, so it errs low)."""
+    leader, roles = final[0], {m.candidate.role: m for m in final[1:]}
+    if FLOOR not in roles or "untuned default" not in roles:
+        return {}
+
+    def served(m: Measured) -> float:
+        return statistics.median(sum(r["cpu_us_per_image"].values()) for r in m.runs)
+
+    c = leader.candidate
+    engine_batches = [max((v for v in r["avg_batch"].values() if v), default=1.0) for r in leader.runs]
+    batch = max(1, round(statistics.median(engine_batches)))
+    artifact = next(a for a in summary.artifacts if a.name == c.engine)
+    engine = load_engine(artifact.path, threads=c.threads, **({"streams": c.streams} if c.streams > 1 else {}))
+    work = offline_figures(engine, held, spec, batch, 1.5)["end_to_end_cpu_us_per_image"]
+    total, floor, default = served(leader), served(roles[FLOOR]), served(roles["untuned default"])
+    return {
+        "leader": round(total, 1),
+        "serving_floor": round(floor, 1),
+        "work_offline": work,
+        "work_batch": batch,
+        "lost_sharing_cores": round(total - floor - work, 1),
+        "untuned_default": round(default, 1),
+        "ceiling_over_untuned_default": round(default / (floor + work), 2),
     }
 
 
@@ -678,6 +712,7 @@ def tune(
                 "candidates": [m.as_dict() for m in final],
             }
             figures, ratios_from = ratio_figures(final[0], {m.candidate.role: m for m in final[1:]}), "head to head"
+            h2h["cpu_us_per_image"] = cpu_split(final, summary, held, spec)
         winner, verdict = confirm(winner, verdict, figures, ratios_from)
         who = "winner" if winner else "leader"
         result["ratios_of"] = who if winner else f"leader, not chosen: {best.candidate.label}"

@@ -78,6 +78,19 @@ def markdown(r: dict) -> str:
                 "an ensemble leader the one-step BYTES form, one Python-backend hop instead of two): the ceiling the "
                 "client, the server and the Python-backend hop leave on this host.",
             ]
+            split = h2h.get("cpu_us_per_image")
+            if split:
+                who = "winner" if r["ratios_of"] == "winner" else "leader"
+                lines += [
+                    "",
+                    f"Where the {who}'s CPU per image goes: {split['leader']:,.0f} us served = the serving floor "
+                    f"{split['serving_floor']:,.0f} + the model's own work {split['work_offline']:,.0f} (decode, "
+                    f"preprocess and engine measured apart, same engine and threads, batch {split['work_batch']}, "
+                    f"the engine's average in the head to head) + {split['lost_sharing_cores']:,.0f} lost to the "
+                    "processes taking turns on the same cores. A path that spent only floor + work would serve at "
+                    f"most about {split['ceiling_over_untuned_default']:.2f}x the untuned default "
+                    f"({split['untuned_default']:,.0f} us per image) on this host.",
+                ]
         else:
             lines += [
                 "",
@@ -104,12 +117,15 @@ def markdown(r: dict) -> str:
         "",
         "## Offline (same images, same threads)",
         "",
-        "| engine | batch | threads | engine only img/s | end to end img/s (decode + preprocess + engine) |",
-        "|---|---:|---:|---:|---:|",
+        "| engine | batch | threads | engine only img/s | end to end img/s (decode + preprocess + engine) "
+        "| end to end CPU us/image |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for engine, f in r["offline"].items():
+        cpu = f.get("end_to_end_cpu_us_per_image")
         lines.append(
-            f"| {engine} | {f['batch']} | {f['threads']} | {f['engine_img_s']:,.0f} | {f['end_to_end_img_s']:,.0f} |"
+            f"| {engine} | {f['batch']} | {f['threads']} | {f['engine_img_s']:,.0f} | {f['end_to_end_img_s']:,.0f} "
+            f"| {'-' if cpu is None else f'{cpu:,.0f}'} |"
         )
     lines += [
         "",

@@ -330,6 +330,28 @@ def test_a_winner_that_serves_no_more_than_the_default_in_the_final_comparison_i
     assert tune.confirm(None, "noisy: ...", figures, "head to head") == (None, "noisy: ...")  # nothing to withdraw
 
 
+def test_cpu_split_measures_the_leaders_work_apart_and_gives_the_rest_to_sharing_the_cores(default_repository):
+    from resnet_serve.export.summary import ExportSummary
+
+    summary = ExportSummary.load(default_repository / "build" / "resnet20")
+    held = tune.held_out_images(summary, 64, None)
+
+    def served(role: str, engine: str, cpu: dict, batch: dict) -> tune.Measured:
+        c = tune.Candidate(engine, "direct-raw", 2, 1, 0, (8,), "http", role=role)
+        return tune.Measured(c, [{"cpu_us_per_image": cpu, "avg_batch": batch} for _ in range(3)])
+
+    leader = served("", "openvino-int8", {"client": 150, "server": 200, "models": 1000}, {"candidate_00": 4.6})
+    default = served("untuned default", "openvino-int8", {"client": 450, "server": 480, "models": 1600}, {})
+    floor = served(tune.FLOOR, "none", {"client": 120, "server": 150, "models": 80}, {"candidate_02": None})
+    split = tune.cpu_split([leader, default, floor], summary, held, summary.model.spec)
+    assert split["leader"] == 1350 and split["serving_floor"] == 350 and split["untuned_default"] == 2530
+    assert split["work_batch"] == 5  # the engine's average batch in the head to head, rounded
+    assert 0 < split["work_offline"] < 100_000  # decode + preprocess + a 1-thread INT8 ResNet-20, measured here
+    assert split["lost_sharing_cores"] == pytest.approx(1350 - 350 - split["work_offline"], abs=0.2)
+    assert split["ceiling_over_untuned_default"] == round(2530 / (350 + split["work_offline"]), 2)
+    assert tune.cpu_split([leader, default], summary, held, summary.model.spec) == {}  # no floor measured
+
+
 def test_head_to_head_flag():
     parse = tune.build_parser().parse_args
     assert tune.options_from(parse([]), large=False).head_to_head_rounds == 6
@@ -393,6 +415,12 @@ def test_a_real_tune_run_writes_the_winner_and_its_evidence(default_repository, 
     floor = next(c for c in h2h if c["role"] == "serving floor")  # the leader's serving, no work: faster
     assert floor["path"].startswith("floor") and floor["throughput_img_s"] > h2h[0]["throughput_img_s"]
     assert 0 < next(v for k, v in result["ratios"].items() if k.endswith("_over_serving_floor")) < 1
+    split = result["head_to_head"]["cpu_us_per_image"]  # the leader's CPU per image: floor + work + the rest
+    assert split["serving_floor"] < split["leader"] and split["work_offline"] > 0 and split["work_batch"] >= 1
+    assert split["leader"] == pytest.approx(
+        split["serving_floor"] + split["work_offline"] + split["lost_sharing_cores"], abs=0.2
+    )
+    assert all(f["end_to_end_cpu_us_per_image"] > 0 for f in result["offline"].values())
     for key, (low, high) in result["ratio_ranges"].items():
         assert low <= result["ratios"][key] <= high and result["ratios_paired_rounds"][key] == 2
     roles = {c["role"] for c in result["candidates"]}
@@ -418,6 +446,7 @@ def test_a_real_tune_run_writes_the_winner_and_its_evidence(default_repository, 
     assert json.loads((tmp_path / "report" / "tune.json").read_text())["verdict"].startswith("ok")
     text = (tmp_path / "report" / "tune.md").read_text()
     assert "winner" in text and "measured head to head after the stages" in text
+    assert "Where the winner's CPU per image goes" in text
     assert (tmp_path / "report" / "tune.png").stat().st_size > 10_000
     shutil.rmtree(tmp_path / "report")
 
