@@ -60,20 +60,29 @@ def markdown(r: dict) -> str:
                 "",
                 "| head to head | role | "
                 + " | ".join(f"round {x['round']} img/s" for x in first["runs"])
-                + " | p99 ms (median) | CPU us/image (median) |",
-                "|---|---|" + "---:|" * (len(first["runs"]) + 2),
+                + " | p99 ms (median) | CPU us/image (median) | cores busy (median) |",
+                "|---|---|" + "---:|" * (len(first["runs"]) + 3),
             ]
+            cores = host["cores"]
             for c in h2h["candidates"]:
                 p99 = f"{c['latency_ms_p99']:.1f}" if c["latency_ms_p99"] is not None else "-"
                 cpu = [sum(x["cpu_us_per_image"].values()) for x in c["runs"] if x.get("cpu_us_per_image")]
+                busy = [
+                    x["throughput_img_s"] * sum(x["cpu_us_per_image"].values()) / 1e6
+                    for x in c["runs"]
+                    if x.get("cpu_us_per_image")
+                ]
                 lines.append(
                     f"| {c['label']} | {c['role'] or r['ratios_of'].split(':')[0]} | "
                     + " | ".join(f"{x['throughput_img_s']:,.0f}" for x in c["runs"])
-                    + f" | {p99} | {f'{statistics.median(cpu):,.0f}' if cpu else '-'} |"
+                    + f" | {p99} | {f'{statistics.median(cpu):,.0f}' if cpu else '-'} "
+                    + f"| {f'{statistics.median(busy):.2f} of {cores}' if busy else '-'} |"
                 )
             lines += [
                 "",
-                "CPU per image: client + tritonserver + model processes. The serving floor is the leader's input "
+                "CPU per image: client + tritonserver + model processes; cores busy: the CPU seconds they spent "
+                "per second (throughput x CPU per image), so a ratio of two throughputs is the inverse ratio of their "
+                "CPU per image times the ratio of their cores busy. The serving floor is the leader's input "
                 "form, protocol, batching and instances with a model that answers zeros (`server/models/floor.py`; for "
                 "an ensemble leader the one-step BYTES form, one Python-backend hop instead of two): the ceiling the "
                 "client, the server and the Python-backend hop leave on this host.",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IMAGENET_SAMPLE
+from conftest import IMAGENET_SAMPLE, REPO_ROOT
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
@@ -350,6 +350,21 @@ def test_cpu_split_measures_the_leaders_work_apart_and_gives_the_rest_to_sharing
     assert split["lost_sharing_cores"] == pytest.approx(1350 - 350 - split["work_offline"], abs=0.2)
     assert split["ceiling_over_untuned_default"] == round(2530 / (350 + split["work_offline"]), 2)
     assert tune.cpu_split([leader, default], summary, held, summary.model.spec) == {}  # no floor measured
+
+
+def test_the_report_of_a_committed_run_splits_the_leaders_cpu_and_gives_each_ones_cores_busy():
+    from resnet_serve.benchmarks import tune_report
+
+    result = json.loads((REPO_ROOT / "benchmarks/reports/tune/epyc-avx2/resnet20/tune.json").read_text())
+    text = tune_report.markdown(result)
+    for c in result["head_to_head"]["candidates"]:  # cores busy: CPU seconds per second, the median of the rounds
+        busy = sorted(r["throughput_img_s"] * sum(r["cpu_us_per_image"].values()) / 1e6 for r in c["runs"])
+        median = (busy[2] + busy[3]) / 2  # 6 rounds
+        row = next(line for line in text.splitlines() if line.startswith(f"| {c['label']} |"))
+        assert row.endswith(f"| {median:.2f} of {result['host']['cores']} |")
+    split = result["head_to_head"]["cpu_us_per_image"]
+    assert f"Where the leader's CPU per image goes: {split['leader']:,.0f} us served" in text
+    assert f"at most about {split['ceiling_over_untuned_default']:.2f}x the untuned default" in text
 
 
 def test_head_to_head_flag():
