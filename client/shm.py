@@ -9,9 +9,15 @@ client; registration is server-wide, so the asyncio client's requests use it as 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import numpy as np
+from tritonclient.utils import InferenceServerException
+
+# Triton lets go of a region a moment after it sent the response that read it, so an unregister right
+# after the last answer can be refused as "currently in use"; close() asks again for up to this long
+UNREGISTER_WAIT_S = 2.0
 
 
 class SharedMemoryPool:
@@ -39,8 +45,19 @@ class SharedMemoryPool:
         infer_input.set_shared_memory(self.name, batch.nbytes, offset=offset)
         return infer_input
 
-    def close(self) -> None:
+    def close(self, wait_s: float = UNREGISTER_WAIT_S) -> None:
+        """Unregister the region on the server (asking again while the server still holds it from the last
+        request, up to ``wait_s``) and free it here, whatever the server answered."""
         try:
-            self.client.unregister_system_shared_memory(self.name, headers=self.headers)
+            deadline, pause = time.monotonic() + wait_s, 0.005
+            while True:
+                try:
+                    self.client.unregister_system_shared_memory(self.name, headers=self.headers)
+                    return
+                except InferenceServerException as exc:
+                    if "in use" not in str(exc) or time.monotonic() + pause > deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(2 * pause, 0.1)
         finally:
             self.shm.destroy_shared_memory_region(self.handle)

@@ -72,6 +72,56 @@ def test_every_input_kind_and_the_tensor_path_agree(triton, cifar_jpg):
         assert [g.score for g in got] == pytest.approx([e.score for e in expected], abs=1e-4)
 
 
+def test_closing_shared_memory_asks_again_while_the_server_still_holds_the_region():
+    # Triton lets go of a region a moment after the response that read it was sent, so an unregister right
+    # after the last answer was once refused ("currently in use") and close() failed; a stand-in control
+    # plane refuses as Triton does, the region itself is a real POSIX one
+    from types import SimpleNamespace
+
+    from tritonclient.utils import InferenceServerException
+
+    from resnet_serve.client.shm import SharedMemoryPool
+
+    class ControlPlane:
+        def __init__(self, refusals: int, message: str) -> None:
+            self.refusals, self.message, self.calls = refusals, message, 0
+
+        def register_system_shared_memory(self, name, key, size, headers=None) -> None:
+            pass
+
+        def unregister_system_shared_memory(self, name, headers=None) -> None:
+            self.calls += 1
+            if self.calls <= self.refusals:
+                raise InferenceServerException(self.message.format(name=name))
+
+    info = SimpleNamespace(input_datatype="UINT8", input_shape=(32, 32, 3))
+    in_use = "Cannot unregister shared memory region '{name}', it is currently in use."
+
+    def pool(plane: ControlPlane) -> tuple[SharedMemoryPool, Path]:
+        p = SharedMemoryPool(plane, info, max_batch=4)
+        region = Path("/dev/shm") / p.name
+        assert region.exists()
+        return p, region
+
+    plane = ControlPlane(3, in_use)
+    p, region = pool(plane)
+    p.close()  # refused three times, then unregistered
+    assert plane.calls == 4 and not region.exists()
+
+    plane = ControlPlane(10**6, in_use)  # held for good: the refusal comes out after the wait, region freed here
+    p, region = pool(plane)
+    start = time.monotonic()
+    with pytest.raises(InferenceServerException, match="currently in use"):
+        p.close(wait_s=0.2)
+    assert 0.1 <= time.monotonic() - start < 2 and plane.calls > 2 and not region.exists()
+
+    plane = ControlPlane(1, "Unable to find system shared memory region: '{name}'")  # any other answer: at once
+    p, region = pool(plane)
+    with pytest.raises(InferenceServerException, match="Unable to find"):
+        p.close()
+    assert plane.calls == 1 and not region.exists()
+
+
 def test_batches_follow_the_servers_max_batch_size(triton, cifar_jpg):
     files = cifar_test_files(cifar_jpg, 30)  # 300 images, max batch 256 -> 2 requests
     with Classifier(triton.http_url, "http", model="resnet20_onnxruntime_int8") as clf:
