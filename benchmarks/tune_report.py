@@ -66,12 +66,9 @@ def markdown(r: dict) -> str:
             cores = host["cores"]
             for c in h2h["candidates"]:
                 p99 = f"{c['latency_ms_p99']:.1f}" if c["latency_ms_p99"] is not None else "-"
-                cpu = [sum(x["cpu_us_per_image"].values()) for x in c["runs"] if x.get("cpu_us_per_image")]
-                busy = [
-                    x["throughput_img_s"] * sum(x["cpu_us_per_image"].values()) / 1e6
-                    for x in c["runs"]
-                    if x.get("cpu_us_per_image")
-                ]
+                measured = [x for x in c["runs"] if x.get("cpu_us_per_image")]
+                cpu = [sum(x["cpu_us_per_image"].values()) for x in measured]
+                busy = [x["throughput_img_s"] * us / 1e6 for x, us in zip(measured, cpu, strict=True)]
                 lines.append(
                     f"| {c['label']} | {c['role'] or r['ratios_of'].split(':')[0]} | "
                     + " | ".join(f"{x['throughput_img_s']:,.0f}" for x in c["runs"])
