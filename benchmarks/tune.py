@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 WARMUP_S = 2.0  # at least this long under load before a candidate's first measurement
 MAX_INSTANCES = 4  # stage 2 tries 1, 2 and up to this many classifier instances, sharing the cores
 NOISE_LIMIT = 0.15  # repeats of a leading candidate that differ by more than this (max-min over median): busy
+MIN_ROUNDS_OVER_DEFAULT = 2  # on a busy machine, a winner beats the untuned default in every one of at least this many
 DEFAULT_BUDGET_MS = {"small": 100.0, "large": 1000.0}  # p99 budget by input size (CIFAR-sized / ImageNet-sized)
 FLOOR = "serving floor"  # the head to head's model that answers zeros: the serving machinery's ceiling
 
@@ -471,7 +472,14 @@ def measure(
 
 def choose(measured: list[Measured], budget_ms: float) -> tuple[Measured | None, str]:
     """The winner and the verdict ("ok", "impossible budget: ...", "noisy: ..."); every candidate's
-    ``verdict`` says why it won or lost."""
+    ``verdict`` says why it won or lost.
+
+    The fastest median within the budget wins. Where the repeats of a leading candidate disagree by more
+    than ``NOISE_LIMIT`` (a busy machine), it still wins if it served more than every other candidate in
+    every round they shared, or, where some other candidate beat it in a round (the two are not told apart),
+    if it served more than the untuned default in every round they shared (``ratios_over_the_default``):
+    which of the fastest is chosen may then be noise, that it beats the deployed model is not. Otherwise no
+    winner: the verdict is "noisy"."""
     eligible = [m for m in measured if m.errors == 0 and m.p99 <= budget_ms]
     for m in measured:
         if m.errors:
@@ -498,18 +506,50 @@ def choose(measured: list[Measured], budget_ms: float) -> tuple[Measured | None,
             f"the repeats of {len(noisy)} leading candidate(s) disagree by up to {100 * worst.spread:.0f}% "
             f"(more than {100 * NOISE_LIMIT:.0f}%; worst: {worst.candidate.label})"
         )
-        if not all(led_every_round(winner, m) for m in eligible[1:]):
+        close = [m for m in eligible[1:] if not led_every_round(winner, m)]
+        over_default = ratios_over_the_default(winner, measured) if close else []
+        if close and not over_default:
             for m in noisy:
                 m.verdict = f"repeats disagree by {100 * m.spread:.0f}%"
             return None, (
                 f"noisy: {noise}; this machine is busy, so the ranking would be noise. Rerun when it is quiet "
                 "(or with more --repeats / a longer --duration)"
             )
-        verdict = f"ok, on a noisy machine: {noise}, but the winner was ahead of every other candidate in every round"
+        if close:
+            verdict = (
+                f"ok, on a noisy machine: {noise}; the winner was not told apart from {len(close)} other "
+                f"candidate(s) (each served more than it in some round: {listed(close)}), "
+                f"but it served more than the untuned default in each of the {len(over_default)} rounds both ran "
+                f"({min(over_default):.2f}-{max(over_default):.2f}x)"
+            )
+        else:
+            verdict = (
+                f"ok, on a noisy machine: {noise}, but the winner was ahead of every other candidate in every round"
+            )
     winner.verdict = "winner"
     for m in eligible[1:]:
         m.verdict = f"{100 * (1 - m.throughput / winner.throughput):.1f}% less throughput than the fastest"
+        if noisy and not led_every_round(winner, m):
+            m.verdict += " (not told apart from it on this machine)"
     return winner, verdict
+
+
+def listed(measured: list[Measured], most: int = 3) -> str:
+    names = [m.candidate.label for m in measured[:most]]
+    return ", ".join(names) + (f" and {len(measured) - most} more" if len(measured) > most else "")
+
+
+def ratios_over_the_default(winner: Measured, measured: list[Measured]) -> list[float]:
+    """The winner's throughput over the untuned default's in each round both ran, where it served more in every
+    one of at least ``MIN_ROUNDS_OVER_DEFAULT`` rounds; else [] (no default among the candidates, the winner is
+    the default, too few rounds, or a round the default won). On a busy machine the ranking among the fastest
+    candidates can be noise, but a candidate that beats the deployed model round after round is worth deploying
+    whichever of them it is."""
+    default = next((m for m in measured if m.candidate.role == "untuned default"), None)
+    if default is None or default is winner:
+        return []
+    ratios = [mine / theirs for mine, theirs in paired(winner, default) if theirs > 0]
+    return ratios if len(ratios) >= MIN_ROUNDS_OVER_DEFAULT and min(ratios) > 1.0 else []
 
 
 def paired(a: Measured, b: Measured) -> list[tuple[float, float]]:

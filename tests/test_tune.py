@@ -272,6 +272,38 @@ def test_choose_picks_on_a_noisy_machine_only_a_winner_that_led_every_round():
     assert winner is leader and verdict.startswith("ok, on a noisy machine") and "29%" in verdict
 
 
+def default_measured(throughputs: list[float]) -> tune.Measured:
+    m = measured("default", throughputs, [10] * len(throughputs))
+    m.candidate = replace(m.candidate, role="untuned default")
+    return m
+
+
+def test_choose_on_a_noisy_machine_takes_the_fastest_of_a_tie_only_if_it_beat_the_default_every_round():
+    # the two fastest each lead one round (not told apart); both beat the deployed model in every round
+    a = measured("a", [1600, 1950], [10, 10])  # median 1775, repeats 20% apart: a busy machine
+    b = measured("b", [1700, 1500], [10, 10])  # median 1600
+    default = default_measured([1170, 1045])
+    winner, verdict = tune.choose([default, b, a], 50)
+    assert winner is a and a.verdict == "winner"
+    assert verdict.startswith("ok, on a noisy machine") and "20%" in verdict
+    assert "not told apart from 1 other candidate(s) (each served more than it in some round: b direct" in verdict
+    assert "each of the 2 rounds both ran (1.37-1.87x)" in verdict
+    assert b.verdict == "9.9% less throughput than the fastest (not told apart from it on this machine)"
+    assert default.verdict == "37.6% less throughput than the fastest"  # a led it in every round
+
+    # the same tie, but the default served more than the fastest in one round: no winner
+    for m in (a, b):
+        m.verdict = ""
+    winner, verdict = tune.choose([default_measured([1170, 2000]), b, a], 50)
+    assert winner is None and verdict.startswith("noisy")
+    # one round shared with the default is too few to tell
+    one = default_measured([1170])
+    winner, verdict = tune.choose([one, b, a], 50)
+    assert winner is None and verdict.startswith("noisy")
+    assert tune.ratios_over_the_default(a, [one, a, b]) == []
+    assert tune.ratios_over_the_default(a, [a, b]) == []  # no default among the candidates
+
+
 def test_rounds_pair_only_within_a_stage_and_the_ratio_is_paired():
     leader = measured("leader", [2000, 1500], [10, 10])
     for r in leader.runs:
