@@ -819,9 +819,15 @@ def evidence(result: dict) -> dict:
 
 
 def write_winner(repository: Path, export_dir: Path, files, winner: Measured, base, result: dict, sample_image) -> None:
+    """Rewrite the network's models with the winner as its default. A repository that served only some of the
+    exported engines keeps serving them and gains the winner's engine, if it was not among them (the tune step
+    measures every engine exported in ``export_dir``)."""
     c = winner.candidate
     existing = RepositoryIndex.load(repository).networks.get(files.arch)
     engines = tuple(e.key for e in existing.engines) if existing else None
+    if engines is not None and c.engine not in engines:
+        log.info("tune %s: %s was not served in %s; adding it for the winner", files.arch, c.engine, repository)
+        engines += (c.engine,)
     write_repository(
         repository,
         export_dir,

@@ -441,6 +441,25 @@ def test_accuracy_check_on_resnet50_holds_out_the_calibration_images(default_rep
         assert not rows["openvino-bf16"]["ok"] and "no native bf16" in rows["openvino-bf16"]["why"]
 
 
+def test_a_winner_on_an_engine_the_repository_did_not_serve_is_added_to_it(default_repository, tmp_path):
+    repo, export_dir = tmp_path / "repository", default_repository / "build" / "resnet20"
+    write_repository(repo, export_dir, engines=("onnxruntime-fp32", "openvino-int8"))
+    winner = tune.Measured(tune.Candidate("onnxruntime-int8", "direct", 2, 1, 0, (8,), "http"))
+    result = {
+        "winner": {**winner.as_dict(), "throughput_img_s": 1742.8, "latency_ms_p99": 17.1},
+        "options": {"p99_budget_ms": 100.0, "concurrency": 16},
+        "accuracy": {"onnxruntime-int8": {"why": "top-1 +0.03 points vs FP32"}},
+        "host": {"cpu_model": "x", "cores": 2, "flags": ["avx2"]},
+        "started": "2026-12-07 08:00:00 UTC",
+    }
+    files = ServedModelFiles.load(export_dir)
+    tune.write_winner(repo, export_dir, files, winner, host_profile(), result, None)
+    network = RepositoryIndex.load(repo).network("resnet20")
+    assert {e.key for e in network.engines} == {"onnxruntime-fp32", "openvino-int8", "onnxruntime-int8"}
+    assert (network.default, network.default_path) == ("onnxruntime-int8", "direct")
+    assert network.tuning["choice"] == "onnxruntime-int8 direct http 2x1t delay 0us pref 8"
+
+
 @pytest.mark.slow
 def test_a_real_tune_run_writes_the_winner_and_its_evidence(default_repository, tmp_path):
     repo = tmp_path / "repository"
