@@ -49,6 +49,11 @@ def backend(name: str | None) -> type[Engine]:
     return BACKENDS[name]()
 
 
+def has_option(name: str, option: str) -> bool:
+    """Whether backend ``name`` takes ``option`` (``streams``: OpenVINO's, not ONNX Runtime's)."""
+    return option in inspect.signature(backend(name).__init__).parameters
+
+
 def check_options(cls: type[Engine], name: str, options: dict) -> None:
     """Options a backend does not have (``streams`` for ONNX Runtime, say) are refused by name."""
     known = inspect.signature(cls.__init__).parameters

@@ -33,6 +33,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet_serve.engines import default_threads, read_manifest, write_manifest
+from resnet_serve.engines.registry import has_option
 from resnet_serve.export.summary import LABELS_FILE, ExportSummary
 from resnet_serve.resnets.spec import (
     IMAGE_BYTES_NAME,
@@ -171,6 +172,14 @@ def _warmup(name: str, batch_size: int, input_name: str, dtype: str, dims) -> mc
     """Warmup requests read the model's ``warmup/sample`` file (a real image, preprocessed as this input takes it)."""
     sample = mc.ModelWarmup.Input(data_type=mc.DataType.Value(dtype), dims=list(dims), input_data_file="sample")
     return mc.ModelWarmup(name=name, batch_size=batch_size, inputs={input_name: sample})
+
+
+def engine_profile(profile: Profile, backend: str) -> Profile:
+    """``profile`` as the models of one engine take it: the classifier's ``streams`` only where the backend has
+    them (a network tuned to OpenVINO streams still serves its ONNX Runtime engines, on one stream)."""
+    if profile.classifier_streams > 1 and not has_option(backend, "streams"):
+        return replace(profile, classifier_streams=1)
+    return profile
 
 
 def engine_parameters(profile: Profile) -> dict[str, str]:
@@ -467,6 +476,7 @@ def write_ensemble_model(
     ``engine``; the preprocess model must exist in the repository (``write_preprocess_model``)."""
     spec, num_classes = model.spec, model.num_classes
     classifier = index.classifier_of(name)
+    profile = engine_profile(profile, model.summary.artifact(engine).engine)
     directory = _write_model(
         Path(repository),
         classifier_config(classifier, spec, num_classes, profile),
@@ -497,6 +507,7 @@ def write_direct_model(
     repository: Path, name: str, model: ServedModelFiles, engine: str, profile: Profile, *, raw: bool
 ) -> Path:
     """A one-step model ``name`` (``direct_config``) serving the exported ``engine`` (e.g. "openvino-int8")."""
+    profile = engine_profile(profile, model.summary.artifact(engine).engine)
     config = direct_config(name, model.spec, model.num_classes, profile, raw=raw, sample_bytes=len(model.sample))
     directory = _write_model(Path(repository), config, kind="pipeline", labels=model.labels)
     model.copy_engine(engine, directory)

@@ -48,7 +48,9 @@ def direct_server(default_repository, tmp_path_factory):
 
     repo = tmp_path_factory.mktemp("direct") / "repository"
     export_dir = default_repository / "build" / "resnet20"
-    write_repository(repo, export_dir, engines=("onnxruntime-fp32",), default_path="direct-raw")
+    # a network tuned to OpenVINO streams: its ONNX Runtime models (no streams) must still load, on one stream
+    tuned = replace(host_profile(), classifier_streams=2)
+    write_repository(repo, export_dir, profile=tuned, engines=("onnxruntime-fp32",), default_path="direct-raw")
     write_direct_model(
         repo,
         "resnet20_direct",
@@ -92,6 +94,14 @@ def test_direct_model_configs(direct_server):
     assert as_bytes.input[0].data_type == model_config_pb2.TYPE_STRING and not as_bytes.input[0].allow_ragged_batch
     network = RepositoryIndex.load(repo).network("resnet20")
     assert network.default_path == "direct-raw" and network.default == "onnxruntime-fp32"
+    # written with two streams (the server loaded them all): only the OpenVINO model takes them
+    classifier = text_format.Parse(
+        (repo / "resnet20_onnxruntime_fp32_classifier" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    assert "streams" not in raw.parameters and "streams" not in classifier.parameters
+    streams_text = (repo / "resnet20_streams" / "config.pbtxt").read_text()
+    streams = text_format.Parse(streams_text, model_config_pb2.ModelConfig())
+    assert streams.parameters["streams"].string_value == "2"
 
 
 def test_one_step_models_answer_exactly_as_the_ensemble(direct_server, cifar_jpg):
