@@ -16,7 +16,8 @@ Steps, all measured here (nothing assumed about the CPU):
    for the best of those. Every candidate runs ``--repeats`` times, interleaved with the others;
 5. the winner: the highest median throughput whose median p99 is within the budget. If no candidate meets
    the budget, the closest one is named and nothing is written; if the repeats of the leading candidates
-   disagree by more than 15% (a busy machine) that is said and nothing is written.
+   disagree by more than 15% (a busy machine) that is said, and the fastest is written only if the rounds
+   still back it (``choose``), else nothing is.
 
 Writes OUT/tune.json (every candidate, every repeat, why each lost), OUT/tune.md and OUT/tune.png.
 """
@@ -499,7 +500,7 @@ def choose(measured: list[Measured], budget_ms: float) -> tuple[Measured | None,
     eligible.sort(key=lambda m: m.throughput, reverse=True)
     winner, leaders = eligible[0], eligible[:3]
     noisy = [m for m in leaders if m.spread > NOISE_LIMIT]
-    verdict = "ok"
+    verdict, close = "ok", []  # close: candidates that beat the winner in some round, on a noisy machine
     if noisy:
         worst = max(noisy, key=lambda m: m.spread)
         noise = (
@@ -529,7 +530,7 @@ def choose(measured: list[Measured], budget_ms: float) -> tuple[Measured | None,
     winner.verdict = "winner"
     for m in eligible[1:]:
         m.verdict = f"{100 * (1 - m.throughput / winner.throughput):.1f}% less throughput than the fastest"
-        if noisy and not led_every_round(winner, m):
+        if m in close:
             m.verdict += " (not told apart from it on this machine)"
     return winner, verdict
 

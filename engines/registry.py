@@ -49,15 +49,19 @@ def backend(name: str | None) -> type[Engine]:
     return BACKENDS[name]()
 
 
+def _options(cls: type[Engine]) -> set[str]:
+    """The options an engine class takes: its constructor's parameters."""
+    return set(inspect.signature(cls.__init__).parameters)
+
+
 def has_option(name: str, option: str) -> bool:
     """Whether backend ``name`` takes ``option`` (``streams``: OpenVINO's, not ONNX Runtime's)."""
-    return option in inspect.signature(backend(name).__init__).parameters
+    return option in _options(backend(name))
 
 
 def check_options(cls: type[Engine], name: str, options: dict) -> None:
     """Options a backend does not have (``streams`` for ONNX Runtime, say) are refused by name."""
-    known = inspect.signature(cls.__init__).parameters
-    unknown = sorted(set(options) - set(known))
+    unknown = sorted(set(options) - _options(cls))
     if unknown:
         raise EngineError(f"the {name} engine has no option {', '.join(unknown)}; remove it or use another engine")
 
