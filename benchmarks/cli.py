@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", type=cli.csv, help=f"comma list from {', '.join(PRECISIONS)} (default: all)")
     p.add_argument("--batch-sizes", type=cli.csv_ints, help="offline batch sizes, e.g. 1,8,64")
     p.add_argument("--concurrency", type=cli.csv_ints, help="closed-loop concurrency levels, e.g. 1,4,16,64")
-    p.add_argument("--duration", type=float, help="seconds per measurement (offline and served)")
+    p.add_argument("--duration", type=cli.positive_float, help="seconds per measurement (offline and served)")
     p.add_argument("--url", help="gRPC HOST:PORT of a running server (default: start the embedded one)")
     p.add_argument("--http-url", help="HTTP HOST:PORT of that server (HTTP runs are skipped without it)")
     p.add_argument(
@@ -54,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-server", action="store_true", help="offline only: no served load or served accuracy")
     p.add_argument("--check", type=Path, help="baselines JSON: exit 1 naming every accuracy regression")
     p.add_argument("--write-baselines", type=Path, help="write the measured offline accuracy as baselines JSON")
-    p.add_argument("--tolerance", type=float, default=0.3, help="points of top-1/top-5 a baseline allows (0.3)")
-    p.add_argument("--threads", type=int, help="threads per engine (default: the cores this process may use)")
+    p.add_argument(
+        "--tolerance", type=cli.non_negative_float, default=0.3, help="points of top-1/top-5 a baseline allows (0.3)"
+    )
+    p.add_argument(
+        "--threads", type=cli.positive_int, help="threads per engine (default: the cores this process may use)"
+    )
     p.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<suite>)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -156,6 +160,7 @@ def ratios(offline: list[dict], served: list[dict], models: tuple[str, ...]) -> 
 
 def benchmark(args) -> int:
     ctx = make_context(args)
+    baselines = gate.load_baselines(args.check) if args.check else None  # a bad file fails before the run
     suite = ctx.suite
     if suite.name == "soak":
         from resnet_serve.benchmarks import soak
@@ -213,7 +218,7 @@ def benchmark(args) -> int:
     code = ExitCode.OK
     if args.check:
         complete = suite.name == "accuracy" and not (args.engines or args.precisions or args.models or args.no_server)
-        regressions = gate.check(results["accuracy"], gate.load_baselines(args.check), require_all=complete)
+        regressions = gate.check(results["accuracy"], baselines, require_all=complete)
         results["gate"] = {"baselines": str(args.check), "regressions": regressions}
         for problem in regressions:
             log.error("accuracy regression: %s", problem)

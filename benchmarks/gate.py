@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+from resnet_serve.errors import UsageError
 
 
 def load_baselines(path: str | Path) -> list[dict]:
-    data = json.loads(Path(path).read_text())
-    return data["entries"]
+    """The entries of a baselines file; one whose figures could never fail the gate (a tolerance or a
+    top-1/top-5 that is not a finite number, a negative tolerance) is a UsageError naming the entry."""
+    try:
+        entries = json.loads(Path(path).read_text())["entries"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"{path} is not a baselines file ({type(exc).__name__}: {exc}); pass the one "
+            "--write-baselines wrote (the project's: benchmarks/baselines.json)"
+        ) from None
+    for entry in entries:
+        figures = [entry.get(key) for key in ("top1", "top5", "tolerance_pct")]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in figures) or figures[2] < 0:
+            name = "/".join(str(entry.get(key)) for key in ("model", "engine", "precision"))
+            raise UsageError(
+                f"{path}: the baseline of {name} has top1 {figures[0]}, top5 {figures[1]}, tolerance_pct "
+                f"{figures[2]}: each must be a finite number, the tolerance >= 0; write the file again "
+                "(python benchmarks/run.py --suite accuracy --write-baselines ...)"
+            )
+    return entries
 
 
 def check(accuracy: list[dict], baselines: list[dict], *, require_all: bool = True) -> list[str]:

@@ -651,7 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the check (on a CUDA host; --tiny on a CPU)")
     run.add_argument("out", type=Path, help="folder for gpu_check.json and gpu_check.md")
     run.add_argument("--pack", type=Path, default=Path(".gpu"), help="what `pack` wrote (default .gpu)")
-    run.add_argument("--budget-s", type=float, default=450.0, help="seconds for all sections (default 450)")
+    run.add_argument(
+        "--budget-s", type=cli.positive_float, default=450.0, help="seconds for all sections (default 450)"
+    )
     run.add_argument("--tiny", action="store_true", help="ResNet-20, a 32 px ResNet-18, a few images: the CPU test")
     run.add_argument("--no-compile", dest="compile_peers", action="store_false", help="skip the torch.compile peers")
     run.add_argument("-v", "--verbose", action="store_true")
@@ -659,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--out", type=Path, default=Path(".gpu"))
     pack.add_argument("--no-server", dest="server", action="store_false", help="leave out the Triton server")
     pack.add_argument("--no-wheels", dest="wheels", action="store_false", help="leave out the tritonclient wheels")
-    pack.add_argument("--test-limit", type=int, help="pack only the first N test images")
+    pack.add_argument("--test-limit", type=cli.positive_int, help="pack only the first N test images")
     return p
 
 

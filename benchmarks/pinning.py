@@ -67,11 +67,11 @@ def measure(engine_dir: Path, processes: int, threads: int, pinned: bool, batch:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.pinning", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", type=Path, required=True, help="an exported OpenVINO engine directory")
-    p.add_argument("--processes", type=int, default=2, help="engine processes at once (default 2)")
-    p.add_argument("--threads", type=int, help="threads per process (default: cores // processes)")
-    p.add_argument("--batch", type=int, default=16, help="images per engine call (default 16)")
-    p.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default 3)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of pinned then unpinned (default 2)")
+    p.add_argument("--processes", type=cli.positive_int, default=2, help="engine processes at once (default 2)")
+    p.add_argument("--threads", type=cli.positive_int, help="threads per process (default: cores // processes)")
+    p.add_argument("--batch", type=cli.positive_int, default=16, help="images per engine call (default 16)")
+    p.add_argument("--seconds", type=cli.positive_float, default=3.0, help="seconds per measurement (default 3)")
+    p.add_argument("--rounds", type=cli.positive_int, default=2, help="rounds of pinned then unpinned (default 2)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/pinning"), help="report folder")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -82,8 +82,6 @@ def run(args) -> int:
     if not manifest.is_file() or json.loads(manifest.read_text()).get("engine") != "openvino":
         raise UsageError(f"{args.engine} is not an exported OpenVINO engine directory (python -m export makes them)")
     threads = args.threads or max(1, available_cores() // args.processes)
-    if min(args.processes, threads, args.batch, args.rounds) < 1 or args.seconds <= 0:
-        raise UsageError("--processes, --threads, --batch, --rounds and --seconds must be positive")
     rounds = []
     for _ in range(args.rounds):
         for pinned in (True, False):

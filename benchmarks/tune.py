@@ -882,17 +882,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="short runs, 2 repeats, 2 engines served (1 for ImageNet sizes): < 5 min"
     )
-    p.add_argument("--concurrency", type=int, help="requests in flight (default 16)")
-    p.add_argument("--images-per-request", type=int, help="JPEGs per request (default 1)")
+    p.add_argument("--concurrency", type=cli.positive_int, help="requests in flight (default 16)")
+    p.add_argument("--images-per-request", type=cli.positive_int, help="JPEGs per request (default 1)")
     p.add_argument(
-        "--p99-ms", type=float, help="p99 latency budget (default 100 ms CIFAR-sized, 1000 ms ImageNet-sized)"
+        "--p99-ms",
+        type=cli.positive_float,
+        help="p99 latency budget (default 100 ms CIFAR-sized, 1000 ms ImageNet-sized)",
     )
     p.add_argument("--protocols", help="comma-separated protocols the client may use: grpc,http (default both)")
-    p.add_argument("--duration", type=float, help="seconds per measurement")
-    p.add_argument("--repeats", type=int, help="measurements per candidate (>= 2 to detect a busy machine)")
+    p.add_argument("--duration", type=cli.positive_float, help="seconds per measurement")
+    p.add_argument(
+        "--repeats", type=cli.positive_int, help="measurements per candidate (>= 2 to detect a busy machine)"
+    )
     p.add_argument(
         "--head-to-head",
-        type=int,
+        type=cli.non_negative_int,
         help="rounds of the final comparison of the leader with the references (default 6; quick mode 0: the "
         "ratios come from the stages' rounds)",
     )
@@ -920,13 +924,6 @@ def options_from(args, large: bool) -> Options:
             raise UsageError(f"--protocols takes grpc and/or http, comma-separated; got {args.protocols!r}")
         changes["protocols"] = protocols
     options = replace(options, **{k: v for k, v in changes.items() if v is not None})
-    for name in ("concurrency", "images_per_request", "repeats"):
-        if getattr(options, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if options.head_to_head_rounds < 0:
-        raise UsageError("--head-to-head must be 0 (none) or more rounds")
-    if options.duration_s <= 0 or (options.p99_budget_ms is not None and options.p99_budget_ms <= 0):
-        raise UsageError("--duration and --p99-ms must be positive")
     return options
 
 

@@ -29,6 +29,7 @@ from resnet_serve.client.core import (
 )
 from resnet_serve.client.sync import Connection, checked_batch_size, shared_memory_pool
 from resnet_serve.client.wire import HttpWire
+from resnet_serve.errors import UsageError
 
 
 class AsyncClassifier:
@@ -53,9 +54,12 @@ class AsyncClassifier:
         security: Security | None = None,
     ) -> AsyncClassifier:
         self = object.__new__(cls)
+        if not (isinstance(concurrency, int) and concurrency >= 1):  # 0 would wait forever for a free slot
+            raise UsageError(f"concurrency must be a whole number of at least 1, got {concurrency!r}")
+        self.policy = RetryPolicy(retries, wait_for_server_s)  # checks its values before anything is opened
         self.connection = Connection(url, protocol, timeout_s, security)
         self.protocol, self.url, self.model = protocol, self.connection.url, model
-        self.timeout_s, self.policy = timeout_s, RetryPolicy(retries, wait_for_server_s)
+        self.timeout_s = timeout_s
         self.module = protocol_module(protocol, asynchronous=True)
         self.client = self.connection.security.client(self.module, self.url, protocol)
         self.semaphore = asyncio.Semaphore(concurrency)

@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help="HOST:PORT (default localhost:8001 for grpc, localhost:8000 for http)")
     common.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    common.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    common.add_argument("--timeout", type=cli.positive_float, default=30.0, help="seconds per request (default 30)")
     common.add_argument("--json", action="store_true", help="machine-readable output (one JSON object per line)")
     common.add_argument("--api-key-file", type=Path, help="the server's API key (default: build/server.key if any)")
     common.add_argument("--tls-ca", type=Path, help="gRPC over TLS: the CA certificate that signed the server's")
@@ -187,16 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="resnet20",
         help="served model: one that takes encoded images (resnet20, any ensemble) or a *_classifier",
     )
-    classify.add_argument("--top-k", type=int, default=5)
+    classify.add_argument("--top-k", type=cli.positive_int, default=5)
     classify.add_argument(
         "--batch-size",
-        type=int,
+        type=cli.positive_int,
         help="images per request (default: the model's max batch size; 1 for raw-bytes models)",
     )
-    classify.add_argument("--retries", type=int, default=2, help="retries of a request on transient errors")
+    classify.add_argument(
+        "--retries", type=cli.non_negative_int, default=2, help="retries of a request on transient errors"
+    )
     classify.add_argument(
         "--wait-for-server",
-        type=float,
+        type=cli.non_negative_float,
         default=60.0,
         help="seconds to wait for a server that stopped answering mid-run (default 60)",
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import http.client
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,6 +258,12 @@ class RetryPolicy:
     wait_for_server_s: float = 60.0
     base_delay_s: float = 0.1
     max_delay_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.retries, int) and self.retries >= 0):
+            raise UsageError(f"retries must be a whole number of at least 0, got {self.retries!r}")
+        if not (math.isfinite(self.wait_for_server_s) and self.wait_for_server_s >= 0):
+            raise UsageError(f"wait_for_server_s must be a finite number of seconds >= 0, got {self.wait_for_server_s}")
 
     def delay(self, outcome, attempt: int, waited_s: float = 0.0) -> float | None:
         """Seconds to wait before trying again, or None when ``outcome`` is final. ``waited_s``: time since

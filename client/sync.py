@@ -10,6 +10,7 @@ Planning, retries and results are ``client/core.py``'s; this module only sends r
 from __future__ import annotations
 
 import itertools
+import math
 import time
 
 import numpy as np
@@ -43,6 +44,8 @@ class Connection:
     server raises ServerUnavailable, a model that is not served ModelNotFound."""
 
     def __init__(self, url: str | None, protocol: str, timeout_s: float, security: Security | None = None) -> None:
+        if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
+            raise UsageError(f"timeout_s must be a finite number of seconds above 0, got {timeout_s!r}")
         self.protocol = protocol
         self.module = protocol_module(protocol)
         self.url = normalize_url(url, protocol)
@@ -128,11 +131,11 @@ class Classifier:
         shared_memory: bool = False,
         security: Security | None = None,
     ) -> None:
+        self.policy = RetryPolicy(retries, wait_for_server_s)  # checks its values before anything is opened
         self.connection = Connection(url, protocol, timeout_s, security)
         self.protocol, self.url, self.module = protocol, self.connection.url, self.connection.module
         self.client = self.connection.client
         self.model, self.timeout_s = model, timeout_s
-        self.policy = RetryPolicy(retries, wait_for_server_s)
         self._shm = None
         try:
             self.info = self.connection.model_info(model)

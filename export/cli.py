@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from resnet_serve import cli
@@ -25,8 +26,8 @@ def floats3(value: str) -> tuple[float, float, float]:
         parts = tuple(float(v) for v in value.split(","))
     except ValueError:
         parts = ()
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers R,G,B, got {value!r}")
+    if len(parts) != 3 or not all(math.isfinite(v) for v in parts):
+        raise argparse.ArgumentTypeError(f"expected three comma-separated finite numbers R,G,B, got {value!r}")
     return parts
 
 
@@ -53,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     contract.add_argument("--preset", choices=("cifar10", "imagenet"), help="that dataset's sizes and mean/std")
     contract.add_argument("--dataset", help="a name for the data the model was trained on")
-    contract.add_argument("--num-classes", type=int, help="checked against the model's head")
-    contract.add_argument("--image-size", type=int, help="side of the square network input")
-    contract.add_argument("--resize-size", type=int, help="the shorter side is resized to this before the center crop")
+    contract.add_argument("--num-classes", type=cli.positive_int, help="checked against the model's head")
+    contract.add_argument("--image-size", type=cli.positive_int, help="side of the square network input")
+    contract.add_argument(
+        "--resize-size", type=cli.positive_int, help="the shorter side is resized to this before the center crop"
+    )
     contract.add_argument("--interpolation", choices=tuple(INTERPOLATIONS), help="resampling of the resize")
     contract.add_argument("--mean", type=floats3, help="per-channel mean on the 0..1 scale, R,G,B")
     contract.add_argument("--std", type=floats3, help="per-channel std on the 0..1 scale, R,G,B")
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibration-data", type=Path, help="folder of training images for INT8 (default: the CIFAR-10 train split)"
     )
-    p.add_argument("--calibration-size", type=int, default=512)
+    p.add_argument("--calibration-size", type=cli.positive_int, default=512)
     p.add_argument(
         "--calibration-method",
         default="minmax",
@@ -100,11 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the TensorRT-ready FP16/INT8 ONNX and trtexec recipe",
     )
     p.add_argument("--eval-data", type=Path, help="evaluation data (default: the CIFAR-10 test split if present)")
-    p.add_argument("--eval-limit", type=int, help="evaluate on a seeded random subset of N images")
+    p.add_argument("--eval-limit", type=cli.positive_int, help="evaluate on a seeded random subset of N images")
     p.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip parity and accuracy")
-    p.add_argument("--threads", type=int, help="CPU threads per engine (default: all cores)")
+    p.add_argument("--threads", type=cli.positive_int, help="CPU threads per engine (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (onnxruntime-gpu: CUDA/TensorRT providers)")
-    p.add_argument("--max-batch", type=int, default=256, help="largest batch of the TensorRT profile")
+    p.add_argument("--max-batch", type=cli.positive_int, default=256, help="largest batch of the TensorRT profile")
     p.add_argument(
         "--gpu-tune",
         choices=("full", "quick"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterable
 
@@ -62,7 +63,50 @@ def csv(value: str) -> tuple[str, ...]:
 
 
 def csv_ints(value: str) -> tuple[int, ...]:
+    """argparse type for comma lists of counts (batch sizes, concurrency): "1, 8,64" -> (1, 8, 64)."""
     try:
-        return tuple(int(v) for v in csv(value))
+        numbers = tuple(int(v) for v in csv(value))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+        numbers = ()
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers of at least 1, got {value!r}")
+    return numbers
+
+
+# argparse types for numbers: a value out of range is a usage error that names the flag ("argument
+# --timeout: expected a finite number above 0, got 'nan'"), not a crash or a silent default later on.
+# float() takes "nan" and "inf", so every float type asks for a finite number.
+
+
+def _number(parse: Callable[[str], float], value: str, ok: Callable[[float], bool], need: str):
+    try:
+        number = parse(value)
+    except ValueError:
+        number = None
+    if number is None or not math.isfinite(number) or not ok(number):
+        raise argparse.ArgumentTypeError(f"expected {need}, got {value!r}")
+    return number
+
+
+def positive_int(value: str) -> int:
+    return _number(int, value, lambda n: n >= 1, "a whole number of at least 1")
+
+
+def non_negative_int(value: str) -> int:
+    return _number(int, value, lambda n: n >= 0, "a whole number of at least 0")
+
+
+def port(value: str) -> int:
+    return _number(int, value, lambda n: 0 <= n <= 65535, "a port number from 0 to 65535")
+
+
+def positive_float(value: str) -> float:
+    return _number(float, value, lambda n: n > 0, "a finite number above 0")
+
+
+def non_negative_float(value: str) -> float:
+    return _number(float, value, lambda n: n >= 0, "a finite number of at least 0")
+
+
+def fraction(value: str) -> float:
+    return _number(float, value, lambda n: 0 <= n < 1, "a number from 0 up to (not including) 1")

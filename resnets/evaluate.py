@@ -85,10 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--arch", help="architecture, required only for a bare state_dict")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=cli.positive_int, default=500)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--workers", type=int, default=2, help="decoding workers for ImageFolder data")
-    p.add_argument("--limit", type=int, help="evaluate only the first N images (CIFAR)")
+    p.add_argument("--workers", type=cli.non_negative_int, default=2, help="decoding workers for ImageFolder data")
+    p.add_argument("--limit", type=cli.positive_int, help="evaluate only the first N images (CIFAR)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 

@@ -636,7 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--work", type=Path, default=Path("runs/experiments"), help="resumable states and trained checkpoints"
     )
-    common.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all this process may use)")
+    common.add_argument(
+        "--threads", type=cli.positive_int, help="CPU threads for PyTorch (default: all this process may use)"
+    )
     d = sub.add_parser("degradation", parents=[common], help="plain vs residual nets of two depths (Fig. 6)")
     d.add_argument("--archs", type=cli.csv, default=DEFAULT_ARCHS, help="CIFAR nets (default %(default)s)")
     d.add_argument("--iterations", type=int, help=f"default: the paper's {PAPER_ITERATIONS:,}")
@@ -654,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=(),
         help="trained checkpoints (default: the degradation run's plain20, plain56, resnet20, resnet56 in --work)",
     )
-    r.add_argument("--limit-test", type=int, help="a seeded random subset of N test images (default: all)")
+    r.add_argument("--limit-test", type=cli.positive_int, help="a seeded random subset of N test images (default: all)")
     r.set_defaults(job=run_layer_responses)
     w = sub.add_parser("report", parents=[common], help="README.md of --out from the two results files")
     w.set_defaults(job=run_report)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,8 +93,9 @@ class DatasetSpec:
                 f"image_size {self.image_size} / resize_size {self.resize_size} (need image_size >= "
                 f"{MIN_IMAGE_SIDE} and resize_size >= image_size)"
             )
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            problems.append(f"mean {self.mean} / std {self.std} (need 3 values each, std above 0)")
+        finite = all(math.isfinite(v) for v in (*self.mean, *self.std))
+        if len(self.mean) != 3 or len(self.std) != 3 or not finite or min(self.std) <= 0:
+            problems.append(f"mean {self.mean} / std {self.std} (need 3 finite values each, std above 0)")
         if self.interpolation not in INTERPOLATIONS:
             problems.append(f"interpolation {self.interpolation!r} (one of {', '.join(INTERPOLATIONS)})")
         if problems:

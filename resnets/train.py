@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m resnets.train", description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="resnet20", help="a CIFAR architecture from resnets.available()")
     p.add_argument("--shortcut", choices=("A", "B"), help="shortcut option (default: the architecture's, A)")
-    p.add_argument("--epochs", type=int, help="default: the paper's 64k iterations (164 epochs)")
+    p.add_argument("--epochs", type=cli.positive_int, help="default: the paper's 64k iterations (164 epochs)")
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -123,17 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (fast on GPUs and AMX/AVX512-bf16 CPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--out", type=Path, default=None, help="output directory (default runs/<arch>)")
-    p.add_argument("--threads", type=int, help="CPU threads for PyTorch")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--threads", type=cli.positive_int, help="CPU threads for PyTorch")
+    p.add_argument("--batch-size", type=cli.positive_int, default=128)
+    p.add_argument("--lr", type=cli.positive_float, default=0.1)
+    p.add_argument("--weight-decay", type=cli.non_negative_float, default=1e-4)
     p.add_argument("--nesterov", action="store_true", help="not in the paper")
     p.add_argument("--schedule", choices=("step", "cosine"), default="step", help="cosine is not in the paper")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="not in the paper")
-    p.add_argument("--warmup-iters", type=int, help="iterations at lr 0.01 (default: 400 for depth >= 110)")
+    p.add_argument("--label-smoothing", type=cli.fraction, default=0.0, help="not in the paper")
+    p.add_argument(
+        "--warmup-iters", type=cli.non_negative_int, help="iterations at lr 0.01 (default: 400 for depth >= 110)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit-train", type=int, help="train on a seeded random subset of N images (smoke tests)")
-    p.add_argument("--limit-test", type=int, help="evaluate on a seeded random subset of N test images")
+    p.add_argument(
+        "--limit-train", type=cli.positive_int, help="train on a seeded random subset of N images (smoke tests)"
+    )
+    p.add_argument("--limit-test", type=cli.positive_int, help="evaluate on a seeded random subset of N test images")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out has last.pt")
     p.add_argument(
         "--reschedule",

@@ -66,13 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model-repository", type=Path, help=f"default: ${settings.REPOSITORY_ENV} or model_repository")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--http-port", type=int, default=8000, help="0 picks a free port")
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--http-port", type=cli.port, default=8000, help="0 picks a free port")
+    p.add_argument("--grpc-port", type=cli.port, default=8001)
+    p.add_argument("--metrics-port", type=cli.port, default=8002)
+    p.add_argument("--log-verbose", type=cli.non_negative_int, default=0)
     p.add_argument("--model-control-mode", choices=("none", "explicit"), help="default: explicit when supervising")
     p.add_argument("--load-model", action="append", default=[], help="with explicit mode: a model to load at start")
-    p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    p.add_argument("--startup-timeout", type=cli.positive_float, default=300.0, help="seconds to wait for readiness")
     p.add_argument(
         "--triton-root",
         type=Path,
@@ -86,8 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="probe every model with a real inference and heal what does not answer (default: on)",
     )
-    s.add_argument("--probe-interval", type=float, default=5.0, help="seconds between probe rounds (default 5)")
-    s.add_argument("--probe-timeout", type=float, default=10.0, help="seconds a probe may take (default 10)")
+    s.add_argument(
+        "--probe-interval", type=cli.positive_float, default=5.0, help="seconds between probe rounds (default 5)"
+    )
+    s.add_argument(
+        "--probe-timeout", type=cli.positive_float, default=10.0, help="seconds a probe may take (default 10)"
+    )
 
     c = p.add_argument_group("control plane")
     c.add_argument(
@@ -109,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="proxy: nginx with size limits and an API allow-list in front of Triton's HTTP; loopback: "
         "HTTP on 127.0.0.1 only; direct: Triton's own HTTP (auto: proxy when --host is not loopback)",
     )
-    c.add_argument("--max-body-mb", type=int, default=64, help="the proxy's limit on one request body (default 64)")
+    c.add_argument(
+        "--max-body-mb", type=cli.positive_int, default=64, help="the proxy's limit on one request body (default 64)"
+    )
     c.add_argument("--grpc-tls-cert", type=Path, help="serve gRPC over TLS with this certificate (PEM)...")
     c.add_argument("--grpc-tls-key", type=Path, help="...and this private key (PEM)")
     c.add_argument("--grpc-tls-client-ca", type=Path, help="mutual TLS: clients need a certificate this CA signed")
@@ -129,8 +135,6 @@ def server_config(args) -> tuple[ServerConfig, bool]:
     if args.grpc_tls_client_ca and not args.grpc_tls_cert:
         raise UsageError("--grpc-tls-client-ca (mutual TLS) needs --grpc-tls-cert and --grpc-tls-key")
     tls = GrpcTls(args.grpc_tls_cert, args.grpc_tls_key, args.grpc_tls_client_ca) if args.grpc_tls_cert else None
-    if args.max_body_mb < 1:
-        raise UsageError(f"--max-body-mb must be at least 1, got {args.max_body_mb}")
     config = ServerConfig(
         model_repository=settings.repository_dir(args.model_repository),
         host=args.host,

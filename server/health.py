@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP HOST:PORT (default 127.0.0.1:8000)")
     p.add_argument("--model", action="append", default=[], help="a model to probe (repeatable); default: all")
     p.add_argument("--model-repository", type=Path, help="where to find every model's name (default as the server)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds each probe may take (default 10)")
+    p.add_argument("--timeout", type=cli.positive_float, default=10.0, help="seconds each probe may take (default 10)")
     p.add_argument("--json", action="store_true", help="one JSON object per model")
     return p
 

@@ -41,8 +41,12 @@ def test_a_missing_or_malformed_contract_is_named():
         DatasetSpec.from_parameters({k: v for k, v in params.items() if k not in ("mean", "std")}, "model 'x'")
     with pytest.raises(ContractError, match="malformed preprocessing parameter"):
         DatasetSpec.from_parameters({**params, "image_size": "thirty-two"})
-    with pytest.raises(ContractError, match=r"std \(0.2, 0.2\) \(need 3 values each, std above 0\)"):
+    with pytest.raises(ContractError, match=r"std \(0.2, 0.2\) \(need 3 finite values each, std above 0\)"):
         DatasetSpec.from_parameters({**params, "std": "0.2,0.2"})
+    # float() reads "nan" and "inf": a contract with them would turn every input into NaN or zeros
+    for key, value in (("mean", "nan,0.5,0.5"), ("std", "inf,0.2,0.2"), ("std", "0.2,-inf,0.2")):
+        with pytest.raises(ContractError, match="need 3 finite values each"):
+            DatasetSpec.from_parameters({**params, key: value})
 
 
 def test_the_client_reads_the_contract_from_the_model_config():
