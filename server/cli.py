@@ -161,7 +161,7 @@ def serve(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    server.start(stop)  # a ServerError (with Triton's own words) exits 1; Ctrl-C during the start exits 0
+    server.start(stop)  # exits 2 when it cannot start as given, 1 when Triton failed (its words), 0 on Ctrl-C
     locked = ", ".join(config.restricted_apis) if keyed else "nothing"
     print(
         f"Triton is serving {config.model_repository}: HTTP {server.http_url} ({config.http_exposure}), "

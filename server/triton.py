@@ -47,6 +47,13 @@ class ServerError(ResnetServeError):
     exit_code = ExitCode.FAILED
 
 
+class ServerSetupError(ServerError):
+    """The server cannot start as given (a missing repository, install or certificate, models that cannot
+    load, a port in use): found before Triton is started, and a usage error (exit 2) like any other."""
+
+    exit_code = ExitCode.USAGE
+
+
 class StartupInterrupted(ServerError):
     """SIGTERM or Ctrl-C arrived while the server was starting; it was stopped."""
 
@@ -194,7 +201,7 @@ class TritonInstall:
         if root is not None and (Path(root) / "backends" / "python" / "triton_python_backend_stub").is_file():
             root = Path(root)
             if not (root / "bin" / "tritonserver").is_file():
-                raise ServerError(f"{root}/bin/tritonserver is missing; pass the Triton install's root folder")
+                raise ServerSetupError(f"{root}/bin/tritonserver is missing; pass the Triton install's root folder")
             return cls(
                 binary=root / "bin" / "tritonserver",
                 libs=root / "lib",
@@ -206,7 +213,7 @@ class TritonInstall:
             try:
                 import pytriton
             except ImportError:
-                raise ServerError(
+                raise ServerSetupError(
                     "the Triton server binary comes with nvidia-pytriton: pip install nvidia-pytriton "
                     "(or run scripts/setup.sh)"
                 ) from None
@@ -220,9 +227,9 @@ class TritonInstall:
         )
         for path in (install.binary, install.libs, install.backend_dir / "python" / "libtriton_python.so"):
             if not path.exists():
-                raise ServerError(f"{path} is missing from the nvidia-pytriton install; reinstall it")
+                raise ServerSetupError(f"{path} is missing from the nvidia-pytriton install; reinstall it")
         if not install.stub.exists():
-            raise ServerError(f"nvidia-pytriton has no Python backend stub for Python {version} ({install.stub})")
+            raise ServerSetupError(f"nvidia-pytriton has no Python backend stub for Python {version} ({install.stub})")
         return install
 
 
@@ -291,7 +298,7 @@ class GrpcTls:
     def check(self) -> None:
         for label, path in (("certificate", self.cert), ("key", self.key), ("client CA", self.client_ca)):
             if path is not None and not Path(path).is_file():
-                raise ServerError(f"gRPC TLS {label} {path} does not exist")
+                raise ServerSetupError(f"gRPC TLS {label} {path} does not exist")
 
     def args(self) -> list[str]:
         args = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
@@ -391,7 +398,7 @@ class TritonServer:
         cmd += [f"--load-model={name}" for name in cfg.load_models]
         if cfg.restricted_apis:
             if not cfg.api_key:
-                raise ServerError("restricted APIs need a key; pass --api-key-file")
+                raise ServerSetupError("restricted APIs need a key; pass --api-key-file")
             apis = ",".join(cfg.restricted_apis)
             cmd += [
                 f"--http-restricted-api={apis}:{API_KEY_HEADER}={cfg.api_key}",
@@ -424,16 +431,16 @@ class TritonServer:
         cfg = self.config
         repo = Path(cfg.model_repository)
         if not repo.is_dir():
-            raise ServerError(
+            raise ServerSetupError(
                 f"model repository {repo} does not exist; create one with "
                 "`python -m export --checkpoint ... --out ... --repository model_repository`"
             )
         problems = repository_problems(repo)
         if problems:
-            raise ServerError(f"{repo} has models that cannot load:\n  " + "\n  ".join(problems))
+            raise ServerSetupError(f"{repo} has models that cannot load:\n  " + "\n  ".join(problems))
         install = TritonInstall.find(cfg.triton_root)
         if cfg.http_exposure not in EXPOSURES:
-            raise ServerError(f"http_exposure must be one of {', '.join(EXPOSURES)}, got {cfg.http_exposure!r}")
+            raise ServerSetupError(f"http_exposure must be one of {', '.join(EXPOSURES)}, got {cfg.http_exposure!r}")
         if cfg.grpc_tls is not None:
             cfg.grpc_tls.check()
         if cfg.http_exposure == "proxy":
@@ -446,7 +453,7 @@ class TritonServer:
             host = "127.0.0.1" if name == "http_port" and cfg.http_exposure == "loopback" else cfg.host
             if port_in_use(host, port):
                 owner = listening_pid(port)
-                raise ServerError(
+                raise ServerSetupError(
                     f"{name.replace('_', ' ')} {port} on {host} is in use"
                     + (f" by process {owner} ({_command_of(owner)})" if owner else "")
                     + "; stop that server or pass another port (0 picks a free one)"

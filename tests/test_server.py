@@ -285,9 +285,10 @@ def test_model_that_fails_to_load_makes_the_cli_exit_nonzero(default_repository,
 def test_server_reports_a_missing_repository(tmp_path):
     from resnet_serve.server import ServerError, running
 
-    with pytest.raises(ServerError, match="does not exist; create one with"):
+    with pytest.raises(ServerError, match="does not exist; create one with") as info:
         with running(tmp_path / "nowhere", http_port=0, grpc_port=0, metrics_port=0):
             pass
+    assert info.value.exit_code == 2  # cannot run as given (the CLI convention), not a server that failed
 
 
 def test_prometheus_metrics_count_requests(triton, cifar_jpg):
