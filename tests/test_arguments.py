@@ -19,7 +19,7 @@ from resnet_serve.benchmarks import cli as benchmarks_cli
 from resnet_serve.benchmarks import gate, gpu_check, pinning, tune
 from resnet_serve.client import AsyncClassifier, Classifier
 from resnet_serve.client import cli as client_cli
-from resnet_serve.client.core import RetryPolicy
+from resnet_serve.client.core import RetryPolicy, normalize_url
 from resnet_serve.errors import UsageError
 from resnet_serve.export import cli as export_cli
 from resnet_serve.resnets import evaluate, experiments, train
@@ -153,3 +153,28 @@ def test_the_gate_refuses_a_bad_baselines_file_before_it_measures(tmp_path, capl
     argv = ["--suite", "accuracy", "--check", str(bad), "--repository", str(tmp_path / "repo"), "--out", str(out)]
     assert benchmarks_cli.main([*argv, "--build-dir", str(tmp_path / "build")]) == 2
     assert "tolerance_pct nan" in caplog.text and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "grpc", "http"),
+    [
+        (None, "localhost:8001", "localhost:8000"),
+        ("example.org", "example.org:8001", "example.org:8000"),
+        ("http://127.0.0.1:9000/", "127.0.0.1:9000", "127.0.0.1:9000"),
+        ("[::1]", "[::1]:8001", "[::1]:8000"),
+        ("grpc://[::1]:7001", "[::1]:7001", "[::1]:7001"),
+    ],
+)
+def test_server_urls_are_host_port(url, grpc, http):
+    assert (normalize_url(url, "grpc"), normalize_url(url, "http")) == (grpc, http)
+
+
+@pytest.mark.parametrize("url", ["localhost:abc", "localhost:99999", "h:0", "h:", ":8001", "::1", "[::1", "a b:1"])
+def test_a_server_url_that_is_not_host_port_exits_2(url, tmp_path, capsys):
+    # before: over HTTP an AttributeError from tritonclient; over gRPC port 99999 dialled 34463 (99999 - 65536)
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"not read: the URL is checked first")
+    for protocol in ("grpc", "http"):
+        assert client_cli.main(["classify", "--protocol", protocol, "--url", url, str(image)]) == 2
+        err = capsys.readouterr().err
+        assert f"--url {url!r} is not HOST:PORT with a port from 1 to 65535" in err, err
