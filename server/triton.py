@@ -60,6 +60,19 @@ class StartupInterrupted(ServerError):
     exit_code = ExitCode.OK
 
 
+def check_listen_address(host: str) -> None:
+    """ServerSetupError unless this machine can listen on ``host`` (an IPv4 address or a name of one): a
+    failed bind there would otherwise read as "port in use", or end in a traceback where a port is 0."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            raise ServerSetupError(
+                f"cannot listen on host {host!r} ({exc.strerror or exc}); pass an IPv4 address of this machine, "
+                "e.g. 127.0.0.1 (loopback only, the default) or 0.0.0.0 (every interface)"
+            ) from None
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -447,6 +460,13 @@ class TritonServer:
             from resnet_serve.server.proxy import nginx_binary
 
             nginx_binary()  # missing: say so before anything starts
+        check_listen_address(cfg.host)
+        given = [p for p in (cfg.http_port, cfg.grpc_port, cfg.metrics_port) if p]
+        if len(set(given)) < len(given):
+            raise ServerSetupError(
+                f"the HTTP, gRPC and metrics ports must differ (got {cfg.http_port}, {cfg.grpc_port}, "
+                f"{cfg.metrics_port}); pass other ports (0 picks a free one)"
+            )
         cfg.resolve_ports()
         for name in ("http_port", "grpc_port", "metrics_port"):
             port = getattr(cfg, name)

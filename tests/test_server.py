@@ -291,6 +291,29 @@ def test_server_reports_a_missing_repository(tmp_path):
     assert info.value.exit_code == 2  # cannot run as given (the CLI convention), not a server that failed
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"host": "not-an-ip"}, "cannot listen on host 'not-an-ip' (Name or service not known)"),
+        ({"host": "192.0.2.1"}, "cannot listen on host '192.0.2.1' (Cannot assign requested address)"),
+        ({"host": "not-an-ip", "http_port": 0}, "cannot listen on host 'not-an-ip'"),
+        (
+            {"http_port": 18000, "grpc_port": 18000},
+            "the HTTP, gRPC and metrics ports must differ (got 18000, 18000, 0)",
+        ),
+    ],
+)
+def test_a_start_that_cannot_listen_is_refused_before_triton_runs(tmp_path, given, message):
+    # before: a host that is no address here read as "http port ... is in use" (or, with a port 0, ended in a
+    # socket.gaierror traceback); one port for two listeners printed Triton's whole usage text
+    from resnet_serve.server import ServerError, running
+
+    with pytest.raises(ServerError) as info:
+        with running(tmp_path, **{"http_port": 0, "grpc_port": 0, "metrics_port": 0, **given}):
+            pass
+    assert message in str(info.value) and info.value.exit_code == 2
+
+
 def test_prometheus_metrics_count_requests(triton, cifar_jpg):
     import urllib.request
 
