@@ -445,7 +445,7 @@ class TritonServer:
         repo = Path(cfg.model_repository)
         if not repo.is_dir():
             raise ServerSetupError(
-                f"model repository {repo} does not exist; create one with "
+                f"model repository {repo} {'is not a folder' if repo.exists() else 'does not exist'}; create one with "
                 "`python -m export --checkpoint ... --out ... --repository model_repository`"
             )
         problems = repository_problems(repo)

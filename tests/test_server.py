@@ -289,6 +289,10 @@ def test_server_reports_a_missing_repository(tmp_path):
         with running(tmp_path / "nowhere", http_port=0, grpc_port=0, metrics_port=0):
             pass
     assert info.value.exit_code == 2  # cannot run as given (the CLI convention), not a server that failed
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ServerError, match="a-file is not a folder; create one with"):
+        with running(tmp_path / "a-file", http_port=0, grpc_port=0, metrics_port=0):
+            pass
 
 
 @pytest.mark.parametrize(
