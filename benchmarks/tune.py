@@ -930,12 +930,16 @@ def options_from(args, large: bool) -> Options:
 def run(args) -> int:
     from resnet_serve.benchmarks import tune_report
 
+    repository = None if args.no_write else settings.repository_dir(args.repository)
+    if repository is not None:  # one the winner cannot go into fails now, not after minutes of measuring
+        if repository.exists() and not repository.is_dir():
+            raise UsageError(f"--repository {repository} is not a folder; pass the model repository, or --no-write")
+        RepositoryIndex.load(repository)  # an index of another format is a RepositoryIndexError naming it
     export_dir = settings.build_dir(args.build_dir) / args.model
     if not (export_dir / "export.json").is_file():
         raise UsageError(f"no export of {args.model} in {export_dir}; run python -m export first")
     large = size_class(ExportSummary.load(export_dir).model.spec) == "large"
     options = options_from(args, large)
-    repository = None if args.no_write else settings.repository_dir(args.repository)
     out = args.out or Path("benchmarks") / "results" / "tune" / args.model
     result = tune(
         export_dir, repository, options, data_dir=args.eval_data, sample_image=args.sample_image, report=out / "tune.md"

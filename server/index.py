@@ -115,11 +115,17 @@ class RepositoryIndex:
         path = Path(repository) / INDEX_FILE
         if not path.is_file():
             return cls()
-        data = json.loads(path.read_text())
-        if data.get("format") != FORMAT:
-            raise RepositoryIndexError(f"{path} is not a {FORMAT} index; write the repository again")
-        networks = {}
-        for arch, raw in data["networks"].items():
-            engines = [ServedEngine(**e) for e in raw.pop("engines")]
-            networks[arch] = ServedNetwork(**raw, engines=engines)
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}")
+            networks = {}
+            for arch, raw in data["networks"].items():
+                engines = [ServedEngine(**e) for e in raw.pop("engines")]
+                networks[arch] = ServedNetwork(**raw, engines=engines)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise RepositoryIndexError(
+                f"{path} is not a {FORMAT} index ({type(exc).__name__}: {exc}); write the repository again "
+                "(python -m export.default_repository, or python -m export ... --repository)"
+            ) from None
         return cls(networks)

@@ -30,7 +30,7 @@ from resnet_serve.export.repository import (
 from resnet_serve.resnets.data import scan_image_folder
 from resnet_serve.resnets.env import host_capabilities
 from resnet_serve.resnets.spec import IMAGENET
-from resnet_serve.server.index import RepositoryIndex
+from resnet_serve.server.index import RepositoryIndex, RepositoryIndexError
 
 
 def cifar_files(cifar_jpg: Path, count: int) -> tuple[list[bytes], np.ndarray]:
@@ -535,3 +535,22 @@ def test_protocols_flag():
     for bad in ("", "https", "grpc,tcp"):
         with pytest.raises(UsageError, match="--protocols takes grpc and/or http"):
             tune.options_from(parse(["--protocols", bad]), large=False)
+
+
+def test_a_repository_the_winner_cannot_go_into_is_refused_before_measuring(tmp_path, caplog):
+    # before: found only when the winner was written, minutes later (a corrupt index: a JSONDecodeError traceback)
+    (tmp_path / "a-file").write_text("")
+    index = tmp_path / "repo" / "index.json"
+    index.parent.mkdir()
+    for repository, text in (("a-file", None), ("repo", "{not json"), ("repo", '{"format": "other/1"}')):
+        if text is not None:
+            index.write_text(text)
+        argv = ["--repository", str(tmp_path / repository), "--build-dir", str(tmp_path / "no-build")]
+        assert tune.main(argv) == 2
+    log = caplog.text
+    assert "a-file is not a folder; pass the model repository, or --no-write" in log
+    assert "index.json is not a resnet-serve-repository-index/1 index (JSONDecodeError" in log
+    assert "(ValueError: format 'other/1'); write the repository again" in log
+    assert "no export of" not in log  # refused before anything else was looked at
+    with pytest.raises(RepositoryIndexError, match="is not a resnet-serve-repository-index/1 index"):
+        RepositoryIndex.load(tmp_path / "repo")
