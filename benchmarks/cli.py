@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=cli.positive_int, help="threads per engine (default: the cores this process may use)"
     )
-    p.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<suite>)")
+    p.add_argument("--out", type=cli.out_dir, help="output folder (default benchmarks/results/<suite>)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

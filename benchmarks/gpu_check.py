@@ -649,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the check (on a CUDA host; --tiny on a CPU)")
-    run.add_argument("out", type=Path, help="folder for gpu_check.json and gpu_check.md")
+    run.add_argument("out", type=cli.out_dir, help="folder for gpu_check.json and gpu_check.md")
     run.add_argument("--pack", type=Path, default=Path(".gpu"), help="what `pack` wrote (default .gpu)")
     run.add_argument(
         "--budget-s", type=cli.positive_float, default=450.0, help="seconds for all sections (default 450)"
@@ -658,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-compile", dest="compile_peers", action="store_false", help="skip the torch.compile peers")
     run.add_argument("-v", "--verbose", action="store_true")
     pack = sub.add_parser("pack", help="here: write the GPU host's missing pieces into one git-ignored folder")
-    pack.add_argument("--out", type=Path, default=Path(".gpu"))
+    pack.add_argument("--out", type=cli.out_dir, default=Path(".gpu"))
     pack.add_argument("--no-server", dest="server", action="store_false", help="leave out the Triton server")
     pack.add_argument("--no-wheels", dest="wheels", action="store_false", help="leave out the tritonclient wheels")
     pack.add_argument("--test-limit", type=cli.positive_int, help="pack only the first N test images")

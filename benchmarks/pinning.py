@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=cli.positive_int, default=16, help="images per engine call (default 16)")
     p.add_argument("--seconds", type=cli.positive_float, default=3.0, help="seconds per measurement (default 3)")
     p.add_argument("--rounds", type=cli.positive_int, default=2, help="rounds of pinned then unpinned (default 2)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/pinning"), help="report folder")
+    p.add_argument("--out", type=cli.out_dir, default=Path("benchmarks/results/pinning"), help="report folder")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

@@ -902,7 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eval-data", type=Path, help="held-out images (ImageFolder with labels, or a flat folder)")
     p.add_argument("--sample-image", type=Path, help="warmup image for the written models")
-    p.add_argument("--out", type=Path, help="report folder (default benchmarks/results/tune/<model>)")
+    p.add_argument("--out", type=cli.out_dir, help="report folder (default benchmarks/results/tune/<model>)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

@@ -61,6 +61,8 @@ class Output:
 
     def __init__(self, path: Path, resume: bool) -> None:
         self.path = path
+        if path.is_dir():
+            raise UsageError(f"--output {path} is a folder; pass a file, e.g. {path / 'results.jsonl'}")
         if path.exists() and path.stat().st_size and not resume:
             raise UsageError(f"{path} already holds results; pass --resume to continue that run, or remove it")
         self.done = self.answered(path) if resume else set()
@@ -68,7 +70,12 @@ class Output:
             data = path.read_bytes()
             with path.open("r+b") as handle:
                 handle.truncate(data.rfind(b"\n") + 1)
-        self.handle = path.open("a", encoding="utf-8")
+        try:
+            self.handle = path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write --output {path} ({exc.strerror}); pass a file in a folder that exists"
+            ) from None
 
     @staticmethod
     def answered(path: Path) -> set[str]:

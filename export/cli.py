@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="export an untrained --arch (serving/speed tests only; marked as random everywhere)",
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder, e.g. build/resnet20")
+    p.add_argument("--out", type=cli.out_dir, required=True, help="output folder, e.g. build/resnet20")
     p.add_argument(
         "--engines",
         type=cli.csv,

@@ -85,7 +85,7 @@ def build_default_repository(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export.default_repository", description=__doc__.split("\n\n")[0])
     p.add_argument("--repository", type=Path, help=f"default: ${settings.REPOSITORY_ENV} or model_repository")
-    p.add_argument("--build-dir", type=Path, help=f"default: ${settings.BUILD_ENV} or build")
+    p.add_argument("--build-dir", type=cli.out_dir, help=f"default: ${settings.BUILD_ENV} or build")
     p.add_argument("--resnet20-checkpoint", type=Path, default=RESNET20_CHECKPOINT)
     p.add_argument("--resnet50-weights", type=Path, help="torchvision resnet50 state_dict (.pth); else random")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 data (calibration); default from the data root")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from resnet_serve.errors import ResnetServeError
 
@@ -110,3 +112,18 @@ def non_negative_float(value: str) -> float:
 
 def fraction(value: str) -> float:
     return _number(float, value, lambda n: 0 <= n < 1, "a number from 0 up to (not including) 1")
+
+
+def out_dir(value: str) -> Path:
+    """argparse type for a folder a command writes into: it need not exist yet, but what exists of it must be
+    folders this process may write into (else the command would fail at its end, after its work, on mkdir)."""
+    path = Path(value)
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under a file ({existing})"
+        raise argparse.ArgumentTypeError(f"{value!r} {where}; pass a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{value!r}: this user may not write into {existing}")
+    return path

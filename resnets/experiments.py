@@ -632,9 +632,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"CIFAR-10 (ImageFolder tree or official pickles); default: cifar-10-jpg (else cifar-10) under "
         f"${settings.DATA_ENV}, ../shared/data or data",
     )
-    common.add_argument("--out", type=Path, default=Path("benchmarks/reports/paper"), help="results JSON and plots")
     common.add_argument(
-        "--work", type=Path, default=Path("runs/experiments"), help="resumable states and trained checkpoints"
+        "--out", type=cli.out_dir, default=Path("benchmarks/reports/paper"), help="results JSON and plots"
+    )
+    common.add_argument(
+        "--work", type=cli.out_dir, default=Path("runs/experiments"), help="resumable states and trained checkpoints"
     )
     common.add_argument(
         "--threads", type=cli.positive_int, help="CPU threads for PyTorch (default: all this process may use)"

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (fast on GPUs and AMX/AVX512-bf16 CPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default runs/<arch>)")
+    p.add_argument("--out", type=cli.out_dir, default=None, help="output directory (default runs/<arch>)")
     p.add_argument("--threads", type=cli.positive_int, help="CPU threads for PyTorch")
     p.add_argument("--batch-size", type=cli.positive_int, default=128)
     p.add_argument("--lr", type=cli.positive_float, default=0.1)

@@ -56,10 +56,10 @@ def sample_images(cifar_dir: Path) -> tuple[list, list[Path]]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repository", type=Path, help=f"default: ${settings.REPOSITORY_ENV} or model_repository")
-    p.add_argument("--build-dir", type=Path, help=f"default: ${settings.BUILD_ENV} or build")
+    p.add_argument("--build-dir", type=cli.out_dir, help=f"default: ${settings.BUILD_ENV} or build")
     p.add_argument("--skip-export", action="store_true", help="serve the repository as it is")
     p.add_argument("--skip-benchmark", action="store_true")
-    p.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "quick")
+    p.add_argument("--out", type=cli.out_dir, default=Path("benchmarks") / "results" / "quick")
     return p
 
 

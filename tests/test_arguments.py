@@ -22,6 +22,7 @@ from resnet_serve.client import cli as client_cli
 from resnet_serve.client.core import RetryPolicy, normalize_url
 from resnet_serve.errors import UsageError
 from resnet_serve.export import cli as export_cli
+from resnet_serve.export import default_repository as export_default_repository
 from resnet_serve.resnets import evaluate, experiments, train
 from resnet_serve.server import cli as server_cli
 from resnet_serve.server import health
@@ -178,3 +179,52 @@ def test_a_server_url_that_is_not_host_port_exits_2(url, tmp_path, capsys):
         assert client_cli.main(["classify", "--protocol", protocol, "--url", url, str(image)]) == 2
         err = capsys.readouterr().err
         assert f"--url {url!r} is not HOST:PORT with a port from 1 to 65535" in err, err
+
+
+def test_an_output_file_that_cannot_be_written_exits_2_before_any_request(tmp_path, capsys):
+    # before: IsADirectoryError / FileNotFoundError tracebacks, and a folder was said to "already hold results"
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"not read: the output is checked before the server is contacted")
+    no_server = ["classify", "--url", "127.0.0.1:9", str(image)]
+    for output, extra, message in (
+        (tmp_path, [], f"--output {tmp_path} is a folder; pass a file, e.g. {tmp_path / 'results.jsonl'}"),
+        (tmp_path, ["--resume"], f"--output {tmp_path} is a folder"),
+        (tmp_path / "no" / "x.jsonl", [], "(No such file or directory); pass a file in a folder that exists"),
+    ):
+        assert client_cli.main([*no_server, "--output", str(output), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "cannot reach" not in err, err
+
+
+OUT_FLAGS = [
+    (export_cli.build_parser, ["--checkpoint", "c.pt"], "--out"),
+    (export_default_repository.build_parser, [], "--build-dir"),
+    (train.build_parser, [], "--out"),
+    (experiments.build_parser, ["degradation"], "--out"),
+    (experiments.build_parser, ["degradation"], "--work"),
+    (benchmarks_cli.build_parser, [], "--out"),
+    (tune.build_parser, [], "--out"),
+    (pinning.build_parser, ["--engine", "x"], "--out"),
+    (gpu_check.build_parser, ["pack"], "--out"),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "needed", "flag"),
+    OUT_FLAGS,
+    ids=[f"{build.__module__.removeprefix('resnet_serve.')} {flag}" for build, _, flag in OUT_FLAGS],
+)
+def test_an_output_folder_that_is_a_file_exits_2(build, needed, flag, tmp_path, capsys):
+    # before: a FileExistsError or NotADirectoryError traceback, for tune and benchmarks after the whole run
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    parser = build()
+    for value, message in ((a_file, "is a file; pass a folder"), (a_file / "sub", f"is under a file ({a_file})")):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([*needed, flag, str(value)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag}: {str(value)!r} {message}" in err, err
+    new = tmp_path / "new" / "folder"
+    assert getattr(parser.parse_args([*needed, flag, str(new)]), flag.lstrip("-").replace("-", "_")) == new
+    assert not new.exists()  # checked, not made
