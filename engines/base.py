@@ -68,6 +68,15 @@ def default_threads() -> int:
     return available_cores()
 
 
+def engine_threads(threads: int | None) -> int:
+    """``threads`` as asked (a whole number >= 1), or ``default_threads()`` for None; 0 is not "all cores"."""
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise EngineError(f"threads must be a whole number of at least 1 (or None: all cores), got {threads!r}")
+    return threads
+
+
 class Engine:
     """Base class: subclasses set ``self._info`` and implement ``_run``; ``from_manifest`` loads an export."""
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_serve.engines.base import Engine, EngineError, EngineInfo, default_threads, require
+from resnet_serve.engines.base import Engine, EngineError, EngineInfo, engine_threads, require
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -57,7 +57,7 @@ class OnnxRuntimeEngine(Engine):
         )
         options = ort.SessionOptions()
         options.graph_optimization_level = levels[optimization]
-        threads = threads or default_threads()
+        threads = engine_threads(threads)
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_serve.engines.base import Engine, EngineError, EngineInfo, default_threads, require
+from resnet_serve.engines.base import Engine, EngineError, EngineInfo, engine_threads, require
 from resnet_serve.resnets.env import available_cores
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class OpenVinoEngine(Engine):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise EngineError(f"OpenVINO model {self.model_path} not found; run `python -m export` first")
-        threads = threads or default_threads()
+        threads = engine_threads(threads)
         streams = streams or 1
         if not 1 <= streams <= threads:
             raise EngineError(f"OpenVINO streams must be between 1 and the threads ({threads}), got {streams}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnet_serve.engines.base import Engine, EngineError, EngineInfo, default_threads
+from resnet_serve.engines.base import Engine, EngineError, EngineInfo, engine_threads
 from resnet_serve.resnets.checkpoint import checkpoint_contract, load_checkpoint
 from resnet_serve.resnets.models import arch_spec
 from resnet_serve.resnets.spec import INPUT_NAME, OUTPUT_NAME, DatasetSpec
@@ -56,7 +56,7 @@ class TorchEngine(Engine):
         """``spec``: the model contract (input size, dataset); default: the architecture's dataset."""
         if precision not in AUTOCAST:
             raise EngineError(f"PyTorch precision must be one of {', '.join(AUTOCAST)}, got {precision!r}")
-        threads = threads or default_threads()
+        threads = engine_threads(threads)
         if device == "cpu":
             torch.set_num_threads(threads)
         self.device = torch.device(device)

@@ -88,6 +88,16 @@ def test_an_option_a_backend_does_not_have_is_refused_by_name(default_repository
         load_engine(default_repository / "build" / "resnet20" / "onnxruntime-int8", threads=2, streams=2)
 
 
+@pytest.mark.parametrize("engine", ["onnxruntime-int8", "openvino-int8"])
+def test_engine_threads_must_be_a_whole_number_of_at_least_1(default_repository, engine):
+    # before: 0 quietly meant all cores, 1.5 was handed to the backend, -1 failed with a message about streams
+    engine_dir = default_repository / "build" / "resnet20" / engine
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(EngineError, match=rf"threads must be a whole number of at least 1 .*, got {bad!r}$"):
+            load_engine(engine_dir, threads=bad)
+    assert load_engine(engine_dir, threads=1).info()["threads"] == 1
+
+
 def test_openvino_threads_are_not_pinned_unless_asked(default_repository, tmp_path):
     """OpenVINO pins threads to the same first cores in every process, so model instances would share them:
     the engine turns pinning off unless asked, and the pinning benchmark runs both ways on real processes."""
