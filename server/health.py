@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from resnet_serve import cli, settings
+from resnet_serve.client.core import normalize_url
 from resnet_serve.errors import ExitCode, UsageError
 from resnet_serve.server.supervisor import http_client, probe, repository_models
 
@@ -30,13 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check(args) -> int:
+    url = normalize_url(args.url, "http")  # the client's check: a URL that is not HOST:PORT is named, exit 2
     models = args.model
     if not models:
         repository = settings.repository_dir(args.model_repository)
         if not repository.is_dir():
             raise UsageError(f"model repository {repository} does not exist; pass --model or --model-repository")
         models = list(repository_models(repository))
-    url = args.url.removeprefix("http://")
     client = http_client(url, args.timeout)
     try:
         results = [probe(client, model) for model in models]

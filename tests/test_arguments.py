@@ -228,3 +228,9 @@ def test_an_output_folder_that_is_a_file_exits_2(build, needed, flag, tmp_path, 
     new = tmp_path / "new" / "folder"
     assert getattr(parser.parse_args([*needed, flag, str(new)]), flag.lstrip("-").replace("-", "_")) == new
     assert not new.exists()  # checked, not made
+
+
+def test_health_checks_its_url_as_the_client_does(capsys):
+    # before: "localhost:abc" ended in an AttributeError traceback from tritonclient
+    assert health.main(["--url", "localhost:abc", "--model", "resnet20"]) == 2
+    assert "--url 'localhost:abc' is not HOST:PORT" in capsys.readouterr().err
