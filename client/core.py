@@ -28,7 +28,6 @@ from resnet_serve.resnets.spec import (
     preprocess_pixels,
 )
 
-DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 Source = str | Path | ImageLike
 
 
@@ -114,33 +113,6 @@ def protocol_module(protocol: str, asynchronous: bool = False):
     else:
         raise UsageError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
     return module
-
-
-def normalize_url(url: str | None, protocol: str) -> str:
-    """host:port as tritonclient wants it; a missing port gets the protocol's default, an IPv6 address goes
-    in brackets ([::1]:8001). Anything else is a UsageError: tritonclient's HTTP client fails on a port it
-    cannot read with an AttributeError, and gRPC takes port 99999 as 99999 - 65536 = 34463."""
-    default = DEFAULT_PORTS[protocol]
-    given = url
-    url = url or f"localhost:{default}"
-    for prefix in ("grpc://", "http://", "https://"):
-        if url.startswith(prefix):
-            url = url[len(prefix) :]
-    url = url.rstrip("/")
-    if url.startswith("["):  # [IPv6] or [IPv6]:port
-        end = url.find("]") + 1
-        host, rest = (url[:end], url[end:]) if end else ("", "")
-        port = rest[1:] if rest.startswith(":") else (None if not rest else "")
-    else:
-        host, _, port = url.partition(":") if ":" in url else (url, "", None)
-    port = str(default) if port is None else port
-    bad_host = host in ("", "[]") or any(c.isspace() or c in "/@" for c in host)
-    if bad_host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        raise UsageError(
-            f"--url {given!r} is not HOST:PORT with a port from 1 to 65535 (an IPv6 address in brackets); "
-            f"e.g. localhost:{default} or [::1]:{default}"
-        )
-    return f"{host}:{port}"
 
 
 def unreachable_message(url: str, protocol: str, exc: BaseException) -> str:

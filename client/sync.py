@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from resnet_serve import settings
 from resnet_serve.client.core import (
     Call,
     Failure,
@@ -28,7 +29,6 @@ from resnet_serve.client.core import (
     Security,
     ServerUnavailable,
     failure_kind,
-    normalize_url,
     predictions_or_raise,
     protocol_module,
     request_tensors,
@@ -48,7 +48,7 @@ class Connection:
             raise UsageError(f"timeout_s must be a finite number of seconds above 0, got {timeout_s!r}")
         self.protocol = protocol
         self.module = protocol_module(protocol)
-        self.url = normalize_url(url, protocol)
+        self.url = settings.normalize_url(url, protocol)
         self.security = security or Security()
         self.client = self.security.client(self.module, self.url, protocol, timeout_s)
         self.json = {"as_json": True} if protocol == "grpc" else {}

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from resnet_serve import cli, settings
-from resnet_serve.client.core import normalize_url
 from resnet_serve.errors import ExitCode, UsageError
 from resnet_serve.server.supervisor import http_client, probe, repository_models
 
@@ -31,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check(args) -> int:
-    url = normalize_url(args.url, "http")  # the client's check: a URL that is not HOST:PORT is named, exit 2
+    url = settings.normalize_url(args.url, "http")  # as the client: not HOST:PORT is named, exit 2
     models = args.model
     if not models:
         repository = settings.repository_dir(args.model_repository)

@@ -19,13 +19,14 @@ from resnet_serve.benchmarks import cli as benchmarks_cli
 from resnet_serve.benchmarks import gate, gpu_check, pinning, tune
 from resnet_serve.client import AsyncClassifier, Classifier
 from resnet_serve.client import cli as client_cli
-from resnet_serve.client.core import RetryPolicy, normalize_url
+from resnet_serve.client.core import RetryPolicy
 from resnet_serve.errors import UsageError
 from resnet_serve.export import cli as export_cli
 from resnet_serve.export import default_repository as export_default_repository
 from resnet_serve.resnets import evaluate, experiments, train
 from resnet_serve.server import cli as server_cli
 from resnet_serve.server import health
+from resnet_serve.settings import normalize_url
 
 NOT_FINITE = ["nan", "inf", "-inf"]
 
