@@ -24,6 +24,7 @@ on CPUs that have it, and silently falls back to f32 on CPUs that do not.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -42,9 +43,20 @@ def openvino():
     return require("openvino", "pip install openvino")
 
 
+@functools.cache
+def core():
+    """One ``ov.Core`` per process, kept until exit. Its CPU plugin sets an alternate signal stack on the
+    thread that creates it and puts back the one it found when it is destroyed; with two plugins destroyed
+    in the order they were made (engines of two Cores freed first-in first-out) the thread is left with a
+    freed stack, and the next signal (Ctrl-C, SIGTERM) kills the process with SIGSEGV before any clean-up
+    (seen with OpenVINO 2026.4: Python's handlers run on that stack). One plugin that lives as
+    long as the process cannot do that; compiled models keep their own settings, so sharing it is free."""
+    return openvino().Core()
+
+
 def cpu_capabilities() -> list[str]:
     """OpenVINO's optimization capabilities of this CPU (FP32, INT8, BF16, FP16, ...)."""
-    return list(openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return list(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 class OpenVinoEngine(Engine):
@@ -73,7 +85,6 @@ class OpenVinoEngine(Engine):
         hint = HINTS.get(precision)
         if hint is None:
             raise EngineError(f"unknown OpenVINO precision {precision!r}; use {', '.join(HINTS)}")
-        core = ov.Core()
         pinned = threads >= available_cores() if pin_threads is None else bool(pin_threads)
         config = {
             "ENABLE_CPU_PINNING": pinned,
@@ -83,7 +94,7 @@ class OpenVinoEngine(Engine):
             **({"PERFORMANCE_HINT": "LATENCY"} if streams == 1 else {}),
         }
         try:
-            self.compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
+            self.compiled = core().compile_model(core().read_model(str(self.model_path)), "CPU", config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with the reason
             raise EngineError(f"OpenVINO could not compile {self.model_path}: {exc}") from exc
         self.requests = [self.compiled.create_infer_request() for _ in range(streams)]  # one per stream
@@ -99,7 +110,7 @@ class OpenVinoEngine(Engine):
                 "OpenVINO was asked for %s but runs %s on this CPU (capabilities: %s)",
                 precision,
                 really,
-                ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+                ", ".join(cpu_capabilities()),
             )
         inp, out = self.compiled.inputs[0], self.compiled.outputs[0]
         meta = meta or {}

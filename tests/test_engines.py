@@ -56,6 +56,25 @@ def test_loading_one_backend_imports_no_other(tmp_path):
     assert result.stdout.split() == ["onnxruntime", "(2,", "10)", "[]"]
 
 
+def test_a_signal_after_openvino_engines_were_freed_reaches_its_handler(tmp_path):
+    """Engines freed first-in first-out used to leave the thread on a freed signal stack (one Core, and CPU
+    plugin, per engine): Ctrl-C or SIGTERM then killed the process with SIGSEGV before any clean-up."""
+    pytest.importorskip("openvino")
+    path = export_onnx(prepare_for_export(resnets.build("resnet20")), tmp_path / "model.onnx", (3, 32, 32))
+    code = (
+        "import gc, os, signal\n"
+        "from resnet_serve.engines.openvino import OpenVinoEngine\n"
+        f"first, second = OpenVinoEngine({str(path)!r}, threads=1), OpenVinoEngine({str(path)!r}, threads=1)\n"
+        "del first; gc.collect(); del second; gc.collect()\n"
+        "signal.signal(signal.SIGTERM, lambda *_: print('handled', flush=True))\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('went on', flush=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert result.stdout.split() == ["handled", "went", "on"]
+
+
 def test_infer_all_runs_any_number_of_images_in_chunks(tmp_path):
     path = export_onnx(prepare_for_export(resnets.build("resnet20")), tmp_path / "model.onnx", (3, 32, 32))
     engine = load_engine(path, threads=1)
