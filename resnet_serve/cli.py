@@ -3,6 +3,10 @@
 * ``main(argv=None) -> int`` builds an argparse parser and calls ``run(parser, job, argv)``;
 * logging is set up once, here (``-v`` for debug where a command offers it);
 * argparse's usage errors exit 2; a ``ResnetServeError`` is logged and exits with its code;
+* SIGTERM and SIGHUP (``kill``, ``timeout``, a service manager, a closed terminal) unwind the job like
+  Ctrl-C does, so its ``finally`` blocks run: servers it started are stopped, temporary folders removed,
+  results files closed; the exit code is 128 + the signal's number, as a shell reports it (a signal the
+  caller ignores, as ``nohup`` does SIGHUP, or handles itself is left alone);
 * anything else is a bug and propagates with its traceback.
 """
 
@@ -12,7 +16,9 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -49,6 +55,10 @@ def run(
     Parse ``argv``, set up logging, run ``job(args)`` and turn a ResnetServeError into its exit code."""
     args = parser.parse_args(argv)
     setup_logging(verbose=getattr(args, "verbose", False), brief=brief, quiet=quiet)
+    in_main = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    # a signal the caller set to be ignored stays ignored (nohup's SIGHUP)
+    mine = [sig for sig in STOP_SIGNALS if in_main and signal.getsignal(sig) == signal.SIG_DFL]
+    previous = {sig: signal.signal(sig, _unwind) for sig in mine}
     try:
         return int(job(args))
     except ResnetServeError as exc:
@@ -57,6 +67,23 @@ def run(
         else:
             log.error("%s", exc)
         return int(exc.exit_code)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _unwind(signum: int, frame) -> None:
+    """The first stop signal raises SystemExit in the main thread (the job unwinds through its ``finally``
+    blocks); later ones are only logged, so that clean-up is not cut short."""
+    name = signal.Signals(signum).name
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is _unwind:
+            signal.signal(sig, lambda s, f: log.warning("%s: already stopping", signal.Signals(s).name))
+    log.warning("%s received: stopping (cleaning up first)", name)
+    raise SystemExit(128 + signum)
 
 
 def csv(value: str) -> tuple[str, ...]:
