@@ -21,7 +21,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_serve.errors import ResnetServeError, UsageError
+from resnet_serve.scratch import scratch_dir
 from resnet_serve.server.triton import descendants
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ def run_soak(args, ctx) -> dict:
         )
     split = cifar_test_split(ctx.cifar_dir, CIFAR10)
     images = split.encoded[:: max(1, len(split.encoded) // 500)][:500]  # 500 images, every class
-    workdir = tempfile.TemporaryDirectory(prefix="resnet-serve-soak-")  # the server's key and log, not the report
+    workdir = scratch_dir("resnet-serve-soak-")  # the server's key and log, not the report
     launcher = None if args.url else Launcher(ctx.repository, Path(workdir.name))
     url = args.url or launcher.grpc_url
     try:

@@ -31,7 +31,6 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -60,6 +59,7 @@ from resnet_serve.export.summary import ExportSummary
 from resnet_serve.resnets.data import scan_image_folder
 from resnet_serve.resnets.env import environment, host_capabilities
 from resnet_serve.resnets.spec import normalize, preprocess_pixels
+from resnet_serve.scratch import scratch_dir
 from resnet_serve.server import running
 from resnet_serve.server.index import RepositoryIndex, classifier_of
 from resnet_serve.server.triton import descendants
@@ -409,7 +409,7 @@ def measure(
     ``options.repeats`` rounds with the candidates interleaved (a busy spell shows up as disagreement)."""
     spec = files.spec
     results = [Measured(c) for c in candidates]
-    with tempfile.TemporaryDirectory(prefix="resnet-serve-tune-") as tmp:
+    with scratch_dir("resnet-serve-tune-") as tmp:
         repo = Path(tmp) / "repository"
         preprocess = write_preprocess_model(repo, files, base)
         names = []

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resnet_serve.errors import ExitCode, ResnetServeError
+from resnet_serve.scratch import scratch_dir
 from resnet_serve.settings import API_KEY_HEADER
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,40 @@ def stub_pids(server_pid: int, model: str) -> list[int]:
     return pids
 
 
+def remove_orphan_stubs(wait_s: float = 5.0) -> list[int]:
+    """SIGKILL this user's Python-backend stubs whose Triton is gone; returns their pids.
+
+    A stub is started by a tritonserver, which passes its own pid as the stub's sixth argument; a stub whose
+    parent is no longer that process was orphaned and no server can reach it again. Stubs normally exit
+    when their server dies, but one caught mid-request when the server and its launcher are killed (the
+    launcher SIGKILLed under load) hangs for ever, holding its engine's memory and its /dev/shm region."""
+    orphans = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if proc.stat().st_uid != os.getuid():
+                continue
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if not (len(args) > 5 and args[0].endswith("triton_python_backend_stub") and args[5].isdigit()):
+                continue
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] != "Z" and int(stat[1]) != int(args[5]):  # state, parent pid
+                os.kill(int(proc.name), signal.SIGKILL)
+                orphans.append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    deadline = time.monotonic() + wait_s  # gone (or a zombie) before their regions count as unused
+    while time.monotonic() < deadline and any(_running(pid) for pid in orphans):
+        time.sleep(0.05)
+    return orphans
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def remove_stale_shm(directory: Path = Path("/dev/shm")) -> list[str]:
     """Delete Python-backend shared-memory regions that no live process has open or mapped (left by a
     server that crashed or was killed); returns their names."""
@@ -193,7 +228,8 @@ def repository_problems(repository: Path) -> list[str]:
 
 def die_with_launcher() -> list[str]:
     """A command prefix that has the kernel SIGKILL the server when the launcher dies, however it dies
-    (util-linux setpriv: PR_SET_PDEATHSIG, kept across exec); empty where setpriv is absent."""
+    (util-linux setpriv: PR_SET_PDEATHSIG, kept across exec); empty where setpriv is absent. Its stubs
+    exit when they see their server gone; one that cannot is killed at the next start (remove_orphan_stubs)."""
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
@@ -483,10 +519,17 @@ class TritonServer:
         ):
             public = (cfg.http_port, cfg.grpc_port, cfg.metrics_port)  # Triton's own HTTP port, behind nginx
             (self.triton_http_port,) = free_ports(1, "127.0.0.1", avoid=public)
+        orphans = remove_orphan_stubs()
+        if orphans:
+            log.warning(
+                "killed %d Python-backend stub(s) left running by a server that is gone (pids %s)",
+                len(orphans),
+                ", ".join(map(str, orphans)),
+            )
         stale = remove_stale_shm()
         if stale:
             log.info("removed %d shared-memory regions left by a server that is gone", len(stale))
-        self._workdir = tempfile.TemporaryDirectory(prefix="tritonserver-")
+        self._workdir = scratch_dir("tritonserver-")
         backend_dir = install.backend_dir
         if install.bundled:  # the wheel keeps one stub per Python version: put this Python's in place
             backend_dir = Path(self._workdir.name) / "backends"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -47,6 +48,12 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def shm_regions_of(pid: int) -> set[str]:
+    """The Python-backend shared-memory regions a process has mapped."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {line.rsplit("/", 1)[-1] for line in maps if SHM_GLOB[:-1] in line}
 
 
 def stub_of(root_pid: int, model: str) -> int:
@@ -232,6 +239,69 @@ def test_a_killed_launcher_takes_the_server_with_it(small_repository, tmp_path):
         while any(alive(pid) for pid in [triton, *stubs]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(alive(pid) for pid in [triton, *stubs])
+
+
+def test_stubs_left_by_a_killed_server_are_killed_at_the_next_start(small_repository, tmp_path, caplog):
+    """A stub caught mid-request when its server and launcher die can hang for ever; stopped stubs stand in
+    for such ones here (they cannot exit on their own either)."""
+    try:
+        with launcher(small_repository, tmp_path, "--no-supervise") as server:
+            triton = tritonserver_of(server.proc.pid)
+            stubs = [pid for pid in descendants(triton) if "triton_python_backend_stub" in cmdline(pid)]
+            regions = {name for pid in stubs for name in shm_regions_of(pid)}
+            assert stubs and regions
+            for pid in stubs:
+                os.kill(pid, signal.SIGSTOP)
+            server.proc.kill()  # the launcher, SIGKILLed: Triton dies with it, its stubs stay
+            server.proc.wait()
+            deadline = time.monotonic() + 15
+            while alive(triton) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not alive(triton) and all(alive(pid) for pid in stubs)
+        fresh = TritonServer(ServerConfig(small_repository, http_port=0, grpc_port=0, metrics_port=0))
+        with caplog.at_level(logging.WARNING, logger="resnet_serve.server.triton"):
+            fresh.start()
+        try:
+            assert not any(alive(pid) for pid in stubs)
+            assert f"killed {len(stubs)} Python-backend stub(s) left running by a server that is gone" in caplog.text
+            assert not any((Path("/dev/shm") / name).exists() for name in regions)
+            assert fresh.is_ready()  # the new server's own stubs were left alone
+        finally:
+            fresh.stop()
+    finally:
+        for pid in stubs:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_unwinds_a_command_that_runs_a_server(small_repository):
+    """Every command runs through cli.run: SIGTERM (kill, timeout, a service manager) stops the server it
+    started, its stubs and work folder go with it, and the exit code is 128 + 15 as a shell reports it."""
+    code = (
+        "import argparse, sys, time\n"
+        "from resnet_serve import cli\n"
+        "from resnet_serve.server import running\n"
+        "def job(args):\n"
+        f"    with running({str(small_repository)!r}, http_port=0, grpc_port=0, metrics_port=0) as server:\n"
+        "        print(server.process.pid, server._workdir.name, flush=True)\n"
+        "        time.sleep(120)\n"
+        "sys.exit(cli.run(argparse.ArgumentParser(), job, []))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        triton, workdir = proc.stdout.readline().split()
+        stubs = [pid for pid in descendants(int(triton)) if "triton_python_backend_stub" in cmdline(pid)]
+        regions = {name for pid in stubs for name in shm_regions_of(pid)}
+        assert stubs and regions and Path(workdir).is_dir()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "SIGTERM received: stopping (cleaning up first)" in err
+    assert not any(alive(pid) for pid in [int(triton), *stubs])
+    assert not Path(workdir).exists()
+    assert not any((Path("/dev/shm") / name).exists() for name in regions)
 
 
 def test_ctrl_c_during_startup_stops_the_server(default_repository, tmp_path):
