@@ -66,6 +66,7 @@ class Output:
         if path.exists() and path.stat().st_size and not resume:
             raise UsageError(f"{path} already holds results; pass --resume to continue that run, or remove it")
         self.done = self.answered(path) if resume else set()
+        self.written = 0  # records this run added
         if resume and path.exists():  # drop a last line cut short by a crash mid-write, so appends stay JSON lines
             data = path.read_bytes()
             with path.open("r+b") as handle:
@@ -98,6 +99,7 @@ class Output:
         for r in results:
             self.handle.write(json.dumps(r.record()) + "\n")
         self.handle.flush()
+        self.written += len(results)
         os.fsync(self.handle.fileno())
 
     def close(self) -> None:
@@ -116,6 +118,15 @@ def cmd_classify(args) -> int:
         if output is not None and len(todo) < len(sources):
             print(f"resuming: {len(sources) - len(todo)} of {len(sources)} images already done", file=sys.stderr)
         return classify_all(args, todo, output, len(sources) - len(todo))
+    except SystemExit:  # stopped by a signal (cli.run): say how far it got and how to go on
+        if output is not None:
+            answered = len(sources) - len(todo) + output.written
+            print(
+                f"stopped: {answered} of {len(sources)} images answered in {args.output}; "
+                f"rerun with --resume --output {args.output} to continue",
+                file=sys.stderr,
+            )
+        raise
     finally:
         if output is not None:
             output.close()

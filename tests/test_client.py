@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -377,3 +380,28 @@ def test_server_going_away_mid_run_keeps_the_results_so_far(small_repository, ci
         results = clf.classify_detailed(files, top_k=1)
     assert [r.ok for r in results] == [True] * 4 + [False] * 8
     assert all("cannot reach the Triton server" in r.error for r in results[4:])
+
+
+def test_a_client_stopped_by_sigterm_says_how_far_it_got_and_resume_finishes(triton, cifar_jpg, tmp_path):
+    files = [str(f) for f in cifar_test_files(cifar_jpg, per_class=100)]
+    out = tmp_path / "results.jsonl"
+    command = [sys.executable, "-m", "resnet_serve.client", "classify", *files, "--url", triton.grpc_url,
+               "--model", "resnet20_onnxruntime_fp32", "--batch-size", "1", "--output", str(out)]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists() or len(out.read_text().splitlines()) < 16:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    written = len(out.read_text().splitlines())
+    assert written < len(files), "the run ended before the signal: nothing was tested"
+    assert f"stopped: {written} of {len(files)} images answered in {out}; rerun with --resume --output {out}" in err
+    rest = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=120)
+    assert rest.returncode == 0, rest.stderr
+    images = [json.loads(line)["image"] for line in out.read_text().splitlines()]
+    assert sorted(images) == sorted(files)  # each image once: none lost, none twice
