@@ -62,6 +62,8 @@ class ExportConfig:
         return max(1, self.max_batch // 4)
 
     def validate(self) -> None:
+        if not self.engines or not self.precisions:
+            raise ExportConfigError("--engines and --precisions each need at least one name")
         unknown = [e for e in self.engines if e not in ENGINE_PRECISIONS]
         if unknown:
             raise ExportConfigError(

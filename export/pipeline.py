@@ -30,7 +30,7 @@ from resnet_serve.engines.pytorch import TorchEngine
 from resnet_serve.export import fusion
 from resnet_serve.export.builders import BuildContext, build_engines
 from resnet_serve.export.calibration import Calibration, Candidate, qdq_level
-from resnet_serve.export.config import OPTION_A_MARGIN, PRESETS, ExportConfig
+from resnet_serve.export.config import OPTION_A_MARGIN, PRESETS, ExportConfig, ExportConfigError
 from resnet_serve.export.onnx_export import ExportError, describe_io, export_onnx, op_counts, prepare_for_export
 from resnet_serve.export.onnx_import import ImportedOnnx, import_onnx
 from resnet_serve.export.quantize import check_tensorrt_qdq, to_fp16
@@ -487,6 +487,12 @@ def run_export(config: ExportConfig) -> ExportSummary:
         fallbacks,
     )
     artifacts, candidates, skipped = timed("build_engines", build_engines, ctx)
+    if not artifacts and any(engine != "tensorrt" for engine in config.engines):
+        reasons = "; ".join(f"{s.engine}-{s.precision}: {s.reason}" for s in skipped)
+        raise ExportConfigError(
+            f"no engine was built ({reasons}); "
+            "ask for an engine and precision this machine runs, e.g. --precisions fp32"
+        )
     tensorrt, trt_candidates = timed("build_tensorrt_ready", build_tensorrt_ready, ctx)
     candidates += trt_candidates
     accuracy, parity = (

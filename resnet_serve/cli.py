@@ -87,14 +87,18 @@ def _unwind(signum: int, frame) -> None:
 
 
 def csv(value: str) -> tuple[str, ...]:
-    """argparse type for comma lists: "a, b,c" -> ("a", "b", "c")."""
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+    """argparse type for comma lists: "a, b,c" -> ("a", "b", "c"); an empty list is refused (an unset shell
+    variable would otherwise mean "nothing" to one command and "the default" to another)."""
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of names, got {value!r}")
+    return names
 
 
 def csv_ints(value: str) -> tuple[int, ...]:
     """argparse type for comma lists of counts (batch sizes, concurrency): "1, 8,64" -> (1, 8, 64)."""
     try:
-        numbers = tuple(int(v) for v in csv(value))
+        numbers = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         numbers = ()
     if not numbers or min(numbers) < 1:

@@ -100,6 +100,33 @@ def test_a_number_out_of_range_exits_2_naming_the_flag(build, needed, flag, bad,
     assert taken is not None and taken != () and all(math.isfinite(v) for v in _numbers(taken))
 
 
+LIST_FLAGS = [
+    (export_cli.build_parser, ["--out", "x"], "--engines"),
+    (export_cli.build_parser, ["--out", "x"], "--precisions"),
+    (benchmarks_cli.build_parser, [], "--models"),
+    (benchmarks_cli.build_parser, [], "--engines"),
+    (benchmarks_cli.build_parser, [], "--precisions"),
+    (experiments.build_parser, ["degradation"], "--archs"),
+    (experiments.build_parser, ["layer-responses"], "--checkpoints"),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "needed", "flag"),
+    LIST_FLAGS,
+    ids=[f"{build.__module__.removeprefix('resnet_serve.')} {flag}" for build, _, flag in LIST_FLAGS],
+)
+def test_an_empty_list_exits_2_naming_the_flag(build, needed, flag, capsys):
+    """``--engines ""`` (an unset shell variable) used to export nothing, and run every engine in benchmarks."""
+    parser = build()
+    for value in ("", ",", " , "):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([*needed, f"{flag}={value}"])
+        assert exit_info.value.code == 2
+        assert f"argument {flag}: expected a comma-separated list of names, got {value!r}" in capsys.readouterr().err
+    assert getattr(parser.parse_args([*needed, f"{flag}=a, b"]), flag.lstrip("-")) == ("a", "b")
+
+
 def _numbers(value):
     return value if isinstance(value, tuple) else (value,)
 

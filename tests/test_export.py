@@ -239,6 +239,14 @@ def test_bad_inputs_get_clear_errors(tmp_path, caplog, resnet20_checkpoint):
     assert code == 2 and "holds no image files" in text
 
 
+def test_an_export_that_builds_no_engine_says_why_and_exits_2(tmp_path, caplog, resnet20_checkpoint):
+    """ONNX Runtime has no bf16 engine: asking only for that used to "succeed" with nothing built."""
+    args = ["--checkpoint", str(resnet20_checkpoint), "--out", str(tmp_path / "o"), "--no-eval", "--no-tensorrt-ready"]
+    code, text = run_cli([*args, "--engines", "onnxruntime", "--precisions", "bf16"], caplog)
+    assert code == 2 and "no engine was built (onnxruntime-bf16: onnxruntime has no bf16 engine here" in text
+    assert "e.g. --precisions fp32" in text
+
+
 def test_missing_engine_package_names_the_fix(tmp_path, caplog, resnet20_checkpoint, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # what `import openvino` sees where it is not installed
     code, text = run_cli(
