@@ -249,11 +249,14 @@ class Launcher:
         self.log = self.log_path.open("w")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600
-        while "Triton is serving" not in self.log_path.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise ResnetServeError(f"the server did not start; see {self.log_path}")
-            time.sleep(0.5)
+        try:
+            while "Triton is serving" not in self.log_path.read_text():
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise ResnetServeError(f"the server did not start; see {self.log_path}")
+                time.sleep(0.5)
+        except BaseException:  # that error, or a stop signal while waiting: the launcher goes too
+            self.stop()
+            raise
 
     @property
     def grpc_url(self) -> str:
