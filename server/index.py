@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,7 +107,9 @@ class RepositoryIndex:
     def save(self, repository: Path) -> Path:
         path = Path(repository) / INDEX_FILE
         data = {"format": FORMAT, "networks": {arch: asdict(n) for arch, n in self.networks.items()}}
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # a file: Triton reads only folders
+        partial.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(partial, path)  # a run killed mid-write leaves the previous index whole, not a truncated one
         return path
 
     @classmethod

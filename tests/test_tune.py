@@ -554,3 +554,14 @@ def test_a_repository_the_winner_cannot_go_into_is_refused_before_measuring(tmp_
     assert "no export of" not in log  # refused before anything else was looked at
     with pytest.raises(RepositoryIndexError, match="is not a resnet-serve-repository-index/1 index"):
         RepositoryIndex.load(tmp_path / "repo")
+
+
+def test_the_index_is_replaced_whole_and_leaves_no_partial_file(tmp_path):
+    """Written to a side file and renamed: a run killed mid-write keeps the previous index readable."""
+    first = RepositoryIndex()
+    first.save(tmp_path)
+    before = (tmp_path / "index.json").stat().st_ino
+    RepositoryIndex.load(tmp_path).save(tmp_path)
+    assert (tmp_path / "index.json").stat().st_ino != before  # a new file took its place, not an overwrite
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
+    assert RepositoryIndex.load(tmp_path).networks == {}
