@@ -278,7 +278,7 @@ def test_stubs_left_by_a_killed_server_are_killed_at_the_next_start(small_reposi
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_sigterm_unwinds_a_command_that_runs_a_server(small_repository):
+def test_sigterm_unwinds_a_command_that_runs_a_server(small_repository, tmp_path):
     """Every command runs through cli.run: SIGTERM (kill, timeout, a service manager) stops the server it
     started, its stubs and work folder go with it, and the exit code is 128 + 15 as a shell reports it."""
     code = (
@@ -291,16 +291,21 @@ def test_sigterm_unwinds_a_command_that_runs_a_server(small_repository):
         "        time.sleep(120)\n"
         "sys.exit(cli.run(argparse.ArgumentParser(), job, []))\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log_path = tmp_path / "command.log"  # a file, not a pipe: Triton's log cannot fill it and stall the command
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=log, text=True)
     try:
-        triton, workdir = proc.stdout.readline().split()
+        line = proc.stdout.readline()  # bounded: the command prints it once serving, or exits (startup timeout)
+        assert line, log_path.read_text()[-2000:]
+        triton, workdir = line.split()
         stubs = [pid for pid in descendants(int(triton)) if "triton_python_backend_stub" in cmdline(pid)]
         regions = {name for pid in stubs for name in shm_regions_of(pid)}
         assert stubs and regions and Path(workdir).is_dir()
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         proc.kill()
+    err = log_path.read_text()
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "SIGTERM received: stopping (cleaning up first)" in err
     assert not any(alive(pid) for pid in [int(triton), *stubs])
