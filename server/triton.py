@@ -106,12 +106,27 @@ def listening_pid(port: int) -> int | None:
     return None
 
 
+def proc_stat(pid: int | str) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name: [state, parent pid, ...] (OSError if gone)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def stub_args(pid: int | str) -> list[str] | None:
+    """A Python-backend stub's arguments (model.py, its region, sizes, its server's pid, ...), None for any
+    other process."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    return args[1:] if len(args) > 5 and args[0].endswith("triton_python_backend_stub") else None
+
+
 def descendants(pid: int) -> list[int]:
     """Every live descendant of ``pid`` (from /proc)."""
     parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            parents.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+            parents.setdefault(int(proc_stat(proc.name)[1]), []).append(int(proc.name))
         except (OSError, IndexError, ValueError):
             continue
     found, todo = [], [pid]
@@ -125,19 +140,11 @@ def descendants(pid: int) -> list[int]:
 def stub_pids(server_pid: int, model: str) -> list[int]:
     """The Python-backend stub processes of ``model`` under the server ``server_pid`` (a stub's first
     argument is its ``<repository>/<model>/<version>/model.py``)."""
-    pids = []
-    for pid in descendants(server_pid):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if (
-            len(args) > 1
-            and args[0].endswith("triton_python_backend_stub")
-            and Path(args[1]).parent.parent.name == model
-        ):
-            pids.append(pid)
-    return pids
+    return [
+        pid
+        for pid in descendants(server_pid)
+        if (args := stub_args(pid)) is not None and Path(args[0]).parent.parent.name == model
+    ]
 
 
 def remove_orphan_stubs(wait_s: float = 5.0) -> list[int]:
@@ -150,13 +157,11 @@ def remove_orphan_stubs(wait_s: float = 5.0) -> list[int]:
     orphans = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if proc.stat().st_uid != os.getuid():
+            args = stub_args(proc.name) if proc.stat().st_uid == os.getuid() else None
+            if args is None or not args[4].isdigit():
                 continue
-            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            if not (len(args) > 5 and args[0].endswith("triton_python_backend_stub") and args[5].isdigit()):
-                continue
-            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            if stat[0] != "Z" and int(stat[1]) != int(args[5]):  # state, parent pid
+            state, parent = proc_stat(proc.name)[:2]
+            if state != "Z" and int(parent) != int(args[4]):
                 os.kill(int(proc.name), signal.SIGKILL)
                 orphans.append(int(proc.name))
         except (OSError, IndexError, ValueError):
@@ -169,7 +174,7 @@ def remove_orphan_stubs(wait_s: float = 5.0) -> list[int]:
 
 def _running(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return proc_stat(pid)[0] != "Z"
     except (OSError, IndexError):
         return False
 
