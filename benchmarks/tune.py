@@ -62,7 +62,7 @@ from resnet_serve.resnets.spec import normalize, preprocess_pixels
 from resnet_serve.scratch import scratch_dir
 from resnet_serve.server import running
 from resnet_serve.server.index import RepositoryIndex, classifier_of
-from resnet_serve.server.triton import descendants
+from resnet_serve.server.triton import descendants, proc_stat
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
     out = {}
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = proc_stat(pid)
             out[pid] = (int(fields[11]) + int(fields[12])) / ticks
         except (OSError, IndexError, ValueError):
             pass
