@@ -20,11 +20,14 @@ the alternatives on the host (``benchmarks/tune.py``).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
 import shutil
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet_serve.engines import default_threads, read_manifest, write_manifest
 from resnet_serve.engines.registry import has_option
+from resnet_serve.errors import UsageError
 from resnet_serve.export.summary import LABELS_FILE, ExportSummary
 from resnet_serve.resnets.spec import (
     IMAGE_BYTES_NAME,
@@ -43,6 +47,7 @@ from resnet_serve.resnets.spec import (
     normalize,
     preprocess_pixels,
 )
+from resnet_serve.scratch import scratch_dir
 from resnet_serve.server import index
 from resnet_serve.server.models import model_file
 
@@ -350,10 +355,47 @@ def write_repository(
     if default_path not in REQUEST_PATHS:
         raise ValueError(f"default_path must be one of {', '.join(REQUEST_PATHS)}, got {default_path!r}")
     repository = Path(repository)
+    repo_index = writable_repository(repository)
     model = ServedModelFiles.load(export_dir, sample_image)
-    arch, spec = model.arch, model.spec
     repository.mkdir(parents=True, exist_ok=True)
+    with _staging(repository) as stage:
+        network = _write_network(stage, model, profile, engines, default_alias, default_engine, default_path, tuning)
+        if stage != repository:
+            _publish(stage, repository, network)
+        repo_index.networks[model.arch] = network
+        repo_index.save(repository)
+    log.info(
+        "wrote %d engines of %s into %s (default: %s, %s)",
+        len(network.engines),
+        model.arch,
+        repository,
+        network.default,
+        network.default_path,
+    )
+    return network
 
+
+def writable_repository(repository: Path) -> index.RepositoryIndex:
+    """The index of a repository about to be written, or a clear error before anything is written (or
+    exported): a path that is not a folder, an index this code cannot read."""
+    if repository.exists() and not repository.is_dir():
+        raise UsageError(f"model repository {repository} is not a folder; pass a folder (it is made if missing)")
+    return index.RepositoryIndex.load(repository)
+
+
+def _write_network(
+    repository: Path,
+    model: ServedModelFiles,
+    profile: Profile,
+    engines: tuple[str, ...] | None,
+    default_alias: bool,
+    default_engine: str | None,
+    default_path: str,
+    tuning: dict | None,
+) -> index.ServedNetwork:
+    """Every model of ``write_repository`` written into ``repository`` (its staging folder); returns what the
+    index records."""
+    arch, spec = model.arch, model.spec
     preprocess = write_preprocess_model(repository, model, profile)
     network = index.ServedNetwork(
         arch=arch, dataset=spec.name, preprocess=preprocess, profile=profile.name, tuning=tuning
@@ -413,18 +455,47 @@ def write_repository(
             _write_model(repository, config, labels=model.labels)
         else:
             write_direct_model(repository, arch, model, network.default, profile, raw=default_path == "direct-raw")
-    repo_index = index.RepositoryIndex.load(repository)
-    repo_index.networks[arch] = network
-    repo_index.save(repository)
-    log.info(
-        "wrote %d engines of %s into %s (default: %s, %s)",
-        len(network.engines),
-        arch,
-        repository,
-        network.default,
-        network.default_path,
-    )
     return network
+
+
+@contextlib.contextmanager
+def _staging(repository: Path) -> Iterator[Path]:
+    """Where ``write_repository`` writes its models before they move into ``repository``: a folder beside it
+    (not inside: Triton tries to load every folder of a repository, hidden ones too, and refuses to start
+    on one without a config), ``.<name>-staging-<pid>-...``, removed when the write ends however it ends;
+    one a killed run left is removed by the next write. Where a rename cannot reach the repository from
+    its parent (a mount point, or a parent this user cannot write) the models are written in place."""
+    resolved = repository.resolve()
+    parent = resolved.parent
+    if os.access(parent, os.W_OK) and parent.stat().st_dev == resolved.stat().st_dev:
+        with scratch_dir(f".{resolved.name}-staging-", root=parent) as stage:
+            yield Path(stage)
+    else:
+        log.warning(
+            "%s is a mount point or its parent is not writable: writing its models in place (a write stopped "
+            "midway leaves them half-written; write again to mend them)",
+            repository,
+        )
+        yield repository
+
+
+def _publish(stage: Path, repository: Path, network: index.ServedNetwork) -> None:
+    """Move each staged model folder into ``repository``, replacing the folder of that name: two renames, so
+    a model there is whole, old or new, however the run ends (a stop in the microseconds between them leaves
+    it absent, and the next start names it). Steps go before the ensembles that call them, the ``<arch>``
+    model last, so a run stopped midway leaves no ensemble naming a step that is not there."""
+    ensembles = {engine.ensemble for engine in network.engines}
+    replaced = stage / ".replaced"
+    replaced.mkdir()
+    staged = sorted(
+        (p.name for p in stage.iterdir() if p.is_dir() and p != replaced),
+        key=lambda name: (name == network.arch, name in ensembles, name),
+    )
+    for name in staged:
+        target = repository / name
+        if target.exists():
+            target.rename(replaced / name)
+        (stage / name).rename(target)
 
 
 @dataclass

@@ -10,11 +10,12 @@ import tempfile
 from pathlib import Path
 
 
-def scratch_dir(prefix: str) -> tempfile.TemporaryDirectory:
-    """A ``TemporaryDirectory`` named ``<prefix><pid>-...``, made after removing this user's folders of
-    the same prefix whose process no longer runs (a live process's folder, or a pid reused, is kept)."""
-    remove_stale(prefix)
-    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
+def scratch_dir(prefix: str, root: Path | None = None) -> tempfile.TemporaryDirectory:
+    """A ``TemporaryDirectory`` named ``<prefix><pid>-...`` in ``root`` (default: the temp folder), made
+    after removing this user's folders there of the same prefix whose process no longer runs (a live
+    process's folder, or a pid reused, is kept)."""
+    remove_stale(prefix, root)
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-", dir=root)
 
 
 def remove_stale(prefix: str, root: Path | None = None) -> list[Path]:

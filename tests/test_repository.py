@@ -159,3 +159,68 @@ def test_trt_build_script_installs_plans(default_repository, tmp_path):
         assert (work / "model_repository" / f"resnet20_tensorrt_{precision}_classifier" / "1" / "model.plan").is_file()
     calls = (tmp_path / "calls.log").read_text()
     assert "--stronglyTyped" in calls and "--maxShapes=input:256x3x32x32" in calls
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_write_replaces_each_model_whole_and_leaves_no_staging_folder(default_repository, tmp_path):
+    export_dir = default_repository / "build" / "resnet20"
+    repo = tmp_path / "repo"
+    write_repository(repo, export_dir, engines=("onnxruntime-fp32",))
+    classifier = repo / "resnet20_onnxruntime_fp32_classifier"
+    before = classifier.stat().st_ino
+    (tmp_path / ".repo-staging-999999999-left").mkdir()  # left by a killed write (no such process)
+    (tmp_path / ".repo-staging-1-live").mkdir()  # a running process's: kept
+    written = write_repository(repo, export_dir, engines=("onnxruntime-fp32",))
+    assert classifier.stat().st_ino != before  # a new folder took its place
+    assert (classifier / "1" / "engine" / "engine.json").is_file() and written.default == "onnxruntime-fp32"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".repo-staging-1-live", "repo"]
+    assert sorted(p.name for p in repo.iterdir()) == [
+        "index.json",
+        "preprocess_cifar10",
+        "resnet20",
+        "resnet20_onnxruntime_fp32",
+        "resnet20_onnxruntime_fp32_classifier",
+    ]
+
+
+def test_a_write_stopped_midway_leaves_the_repository_as_it_was(default_repository, tmp_path, monkeypatch):
+    """Models are written beside the repository and moved in when all are written: before, a Ctrl-C while an
+    engine was copied left its model without the engine (and the ensembles before it rewritten)."""
+    from resnet_serve.export.repository import ServedModelFiles
+
+    export_dir = default_repository / "build" / "resnet20"
+    repo = tmp_path / "repo"
+    engines = ("onnxruntime-fp32", "onnxruntime-int8")
+    write_repository(repo, export_dir, engines=engines, default_engine="onnxruntime-int8")
+    before = _snapshot(repo)
+    copy = ServedModelFiles.copy_engine
+    calls = []
+
+    def interrupted(self, key, directory, device="cpu"):
+        calls.append(key)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        copy(self, key, directory, device)
+
+    monkeypatch.setattr(ServedModelFiles, "copy_engine", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_repository(repo, export_dir, engines=engines, default_engine="onnxruntime-fp32")
+    assert calls == ["onnxruntime-fp32", "onnxruntime-int8"]
+    assert _snapshot(repo) == before  # the default still onnxruntime-int8, every engine file in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # the staging folder removed
+
+
+def test_a_repository_whose_parent_cannot_take_the_staging_folder_is_written_in_place(
+    default_repository, tmp_path, monkeypatch, caplog
+):
+    from resnet_serve.export import repository as repository_module
+
+    monkeypatch.setattr(repository_module.os, "access", lambda path, mode: False)  # as a read-only parent
+    repo = tmp_path / "repo"
+    write_repository(repo, default_repository / "build" / "resnet20", engines=("onnxruntime-fp32",))
+    assert (repo / "resnet20_onnxruntime_fp32_classifier" / "1" / "engine" / "engine.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+    assert "is a mount point or its parent is not writable: writing its models in place" in caplog.text
