@@ -167,6 +167,10 @@ def export(args) -> int:
         max_batch=args.max_batch,
         gpu_tune=args.gpu_tune,
     )
+    if args.repository:  # one the models cannot go into fails now, not after the export
+        from resnet_serve.export.repository import writable_repository
+
+        writable_repository(args.repository)
     summary = run_export(config)
     if args.repository:
         from resnet_serve.export.repository import write_repository

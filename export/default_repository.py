@@ -18,7 +18,7 @@ from resnet_serve import cli, settings
 from resnet_serve.export.calibration import warmup_image
 from resnet_serve.export.config import ExportConfig
 from resnet_serve.export.pipeline import run_export
-from resnet_serve.export.repository import PROFILES, write_repository
+from resnet_serve.export.repository import PROFILES, writable_repository, write_repository
 from resnet_serve.server.index import ServedNetwork
 
 RESNET20_CHECKPOINT = Path("checkpoints") / "resnet20.pt"  # relative to the working directory (a checkout)
@@ -37,6 +37,7 @@ def build_default_repository(
     profile: str = "cpu",
     threads: int | None = None,
 ) -> dict[str, ServedNetwork]:
+    writable_repository(repository)  # one the models cannot go into fails now, not after the exports
     cifar_dir = settings.cifar_dir(cifar_dir)
     batches = PROFILES[profile].max_batch_size  # TensorRT profiles cover the repository's largest batch, by input size
     if imagenet_dir is None and settings.imagenet_sample_dir().is_dir():

@@ -128,7 +128,7 @@ class RepositoryIndex:
                 networks[arch] = ServedNetwork(**raw, engines=engines)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RepositoryIndexError(
-                f"{path} is not a {FORMAT} index ({type(exc).__name__}: {exc}); write the repository again "
-                "(python -m export.default_repository, or python -m export ... --repository)"
+                f"{path} is not a {FORMAT} index ({type(exc).__name__}: {exc}); move it aside and write the "
+                "repository again (python -m export.default_repository, or python -m export ... --repository)"
             ) from None
         return cls(networks)

@@ -247,6 +247,28 @@ def test_an_export_that_builds_no_engine_says_why_and_exits_2(tmp_path, caplog, 
     assert "e.g. --precisions fp32" in text
 
 
+def test_a_repository_the_models_cannot_go_into_is_refused_before_the_export(tmp_path, caplog, resnet20_checkpoint):
+    """Before: a file as --repository was a FileExistsError traceback (exit 1) after the whole export."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "index.json").write_text("{not json")
+    args = [
+        "--checkpoint",
+        str(resnet20_checkpoint),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-eval",
+        "--engines",
+        "onnxruntime",
+    ]
+    code, text = run_cli([*args, "--repository", str(tmp_path / "a-file")], caplog)
+    assert code == 2 and "model repository " + str(tmp_path / "a-file") + " is not a folder; pass a folder" in text
+    code, text = run_cli([*args, "--repository", str(tmp_path / "repo")], caplog)
+    assert code == 2 and "index.json is not a resnet-serve-repository-index/1 index (JSONDecodeError" in text
+    assert "move it aside and write the repository again" in text
+    assert not (tmp_path / "o").exists()  # refused before anything was exported
+
+
 def test_missing_engine_package_names_the_fix(tmp_path, caplog, resnet20_checkpoint, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # what `import openvino` sees where it is not installed
     code, text = run_cli(

@@ -550,7 +550,7 @@ def test_a_repository_the_winner_cannot_go_into_is_refused_before_measuring(tmp_
     log = caplog.text
     assert "a-file is not a folder; pass the model repository, or --no-write" in log
     assert "index.json is not a resnet-serve-repository-index/1 index (JSONDecodeError" in log
-    assert "(ValueError: format 'other/1'); write the repository again" in log
+    assert "(ValueError: format 'other/1'); move it aside and write the repository again" in log
     assert "no export of" not in log  # refused before anything else was looked at
     with pytest.raises(RepositoryIndexError, match="is not a resnet-serve-repository-index/1 index"):
         RepositoryIndex.load(tmp_path / "repo")
