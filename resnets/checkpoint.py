@@ -90,7 +90,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             ) from None
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from None
+        # an empty or cut-short file is an EOFError without a message
+        reason = "the file is empty" if path.stat().st_size == 0 else str(exc) or f"{type(exc).__name__}: cut short?"
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}, expected a dict (checkpoint or state_dict)")
     return payload

@@ -63,6 +63,13 @@ def test_missing_and_garbage_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"\x00\x01 not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
         read_checkpoint(tmp_path / "junk.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")  # before: "... checkpoint: " and no reason
+    with pytest.raises(CheckpointError, match=r"empty.pt is not a readable PyTorch checkpoint \(the file is empty\)"):
+        read_checkpoint(tmp_path / "empty.pt")
+    good = committed_checkpoint("resnet20").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])  # a copy stopped midway
+    with pytest.raises(CheckpointError, match=r"cut.pt is not a readable PyTorch checkpoint \(.+\)"):
+        read_checkpoint(tmp_path / "cut.pt")
     torch.save({"weights": [1, 2, 3]}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"holds no weights that can be found: it has weights \(list of 3\)"):
         load_checkpoint(tmp_path / "other.pt", "resnet20")
