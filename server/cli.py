@@ -157,6 +157,18 @@ def server_config(args) -> tuple[ServerConfig, bool]:
 
 def serve(args) -> int:
     config, keyed = server_config(args)
+    repository = config.model_repository
+    if (
+        repository.is_dir()
+        and args.model_control_mode != "explicit"
+        and not any(p.is_dir() for p in repository.iterdir())
+    ):
+        # Triton would start and answer every request with "unknown model"
+        raise UsageError(
+            f"{repository} holds no models; build the default repository with `resnet-serve repository` (or "
+            f"`python -m export ... --repository {repository}`), or pass --model-control-mode explicit to start "
+            "empty and load models through the repository API"
+        )
     server = TritonServer(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

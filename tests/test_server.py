@@ -295,6 +295,19 @@ def test_server_reports_a_missing_repository(tmp_path):
             pass
 
 
+def test_serve_refuses_a_repository_without_models(tmp_path, capsys, caplog):
+    """Before: `serve` on an empty folder (the checkout's model_repository/ before `resnet-serve repository`)
+    started Triton, which then answered every request with "unknown model"."""
+    from resnet_serve.server import cli as server_cli
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "README.md").write_text("models go here")
+    args = ["--model-repository", str(tmp_path / "repo"), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    assert server_cli.main(args) == 2
+    assert "repo holds no models; build the default repository with `resnet-serve repository`" in caplog.text
+    assert "Triton is serving" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("given", "message"),
     [
