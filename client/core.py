@@ -343,6 +343,12 @@ class ModelInfo:
     def from_server(cls, name: str, metadata: dict, config: dict) -> ModelInfo:
         inp, out = metadata["inputs"][0], metadata["outputs"][0]
         max_batch = int(config.get("max_batch_size", 0))
+        scores = [int(d) for d in out["shape"]][1 if max_batch else 0 :]
+        if len(scores) != 1 or scores[0] < 1:  # e.g. a preprocess model: its output is an image tensor
+            raise UsageError(
+                f"model {name!r} is not a classifier: its output {out['name']!r} has shape {scores}, not one score "
+                "per class; classify with a network's model (e.g. resnet20), one of its ensembles or a *_classifier"
+            )
         params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
         try:
             spec = DatasetSpec.from_parameters(params, f"model {name!r}")
@@ -361,7 +367,7 @@ class ModelInfo:
             input_datatype=inp["datatype"],
             input_shape=tuple(int(d) for d in inp["shape"])[1 if max_batch else 0 :],
             output_name=out["name"],
-            num_classes=int(out["shape"][-1]),
+            num_classes=scores[0],
             max_batch_size=max(1, max_batch),
             spec=spec,
         )

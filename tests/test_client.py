@@ -265,6 +265,10 @@ def test_client_errors_are_specific(triton):
         Classifier("127.0.0.1:1", model="resnet20")
     with Classifier(triton.grpc_url, model="resnet20") as clf, pytest.raises(UsageError, match="top_k"):
         clf.classify([b"x"], top_k=11)
+    # before: "top_k must be between 1 and 3 for preprocess_cifar10" (its output's last dimension, 3 channels)
+    for url, protocol in ((triton.grpc_url, "grpc"), (triton.http_url, "http")):
+        with pytest.raises(UsageError, match=r"'preprocess_cifar10' is not a classifier: its output .* \[32, 32, 3\]"):
+            Classifier(url, protocol, model="preprocess_cifar10")
 
 
 def run_cli(args, capsys) -> tuple[int, str, str]:
