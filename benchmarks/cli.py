@@ -98,8 +98,16 @@ def load_exports(ctx: Context, *, tune: bool = True) -> None:
     tuning the rebuilt repository for this host when ``tune``)."""
     stale = {m: why for m in ctx.suite.models if (why := stale_export(ctx.build_dir / m))}
     if stale:
-        from resnet_serve.export.default_repository import build_default_repository
+        from resnet_serve.export.default_repository import NETWORKS, build_default_repository
 
+        others = {m: why for m, why in stale.items() if m not in NETWORKS}
+        if others:  # rebuilding the default repository would not make them, and costs minutes
+            raise UsageError(
+                "; ".join(f"{m} in {ctx.build_dir}: {why}" for m, why in others.items())
+                + f"; export {'them' if len(others) > 1 else 'it'} first (python -m export --checkpoint ... --out "
+                f"{ctx.build_dir / next(iter(others))} --repository {ctx.repository}), or pick from the default "
+                f"repository's {', '.join(NETWORKS)}"
+            )
         log.info(
             "building the default repository into %s: %s",
             ctx.build_dir,

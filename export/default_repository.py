@@ -21,6 +21,7 @@ from resnet_serve.export.pipeline import run_export
 from resnet_serve.export.repository import PROFILES, writable_repository, write_repository
 from resnet_serve.server.index import ServedNetwork
 
+NETWORKS = ("resnet20", "resnet50")  # what build_default_repository exports and serves
 RESNET20_CHECKPOINT = Path("checkpoints") / "resnet20.pt"  # relative to the working directory (a checkout)
 IMAGENET_CALIBRATION_IMAGES = 50  # of the 100 ImageNet sample images; the rest are held out
 

@@ -184,6 +184,21 @@ def test_the_gate_refuses_a_bad_baselines_file_before_it_measures(tmp_path, capl
     assert "tolerance_pct nan" in caplog.text and not out.exists()
 
 
+def test_a_model_the_default_repository_does_not_build_is_refused_not_rebuilt(tmp_path, caplog, monkeypatch):
+    """Before: --models resnet21 (a typo, or a user's network not exported yet) rebuilt and tuned the whole default
+    repository (minutes), which cannot make it."""
+    from resnet_serve.export import default_repository
+
+    def rebuild(*args, **kwargs):
+        raise AssertionError("the default repository was rebuilt for a model it does not build")
+
+    monkeypatch.setattr(default_repository, "build_default_repository", rebuild)
+    argv = ["--models", "resnet21", "--no-server", "--build-dir", str(tmp_path / "build"), "--out", str(tmp_path / "o")]
+    assert benchmarks_cli.main([*argv, "--repository", str(tmp_path / "repo")]) == 2
+    assert "resnet21 in " + str(tmp_path / "build") + ": no exported engines; export it first" in caplog.text
+    assert "or pick from the default repository's resnet20, resnet50" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("url", "grpc", "http"),
     [
