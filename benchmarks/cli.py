@@ -26,7 +26,7 @@ from resnet_serve.benchmarks import gate, report
 from resnet_serve.benchmarks.context import Context
 from resnet_serve.benchmarks.suites import ENGINES, PRECISIONS, SUITES
 from resnet_serve.engines import default_threads
-from resnet_serve.errors import ExitCode, UsageError
+from resnet_serve.errors import ExitCode, ResnetServeError, UsageError
 from resnet_serve.export.summary import ExportSummary, stale_export
 from resnet_serve.resnets.env import environment
 
@@ -121,6 +121,23 @@ def load_exports(ctx: Context, *, tune: bool = True) -> None:
     ctx.exports = {m: ExportSummary.load(ctx.build_dir / m) for m in ctx.suite.models}
 
 
+def check_live(flag: str, url: str, protocol: str) -> None:
+    """A given server answers ``protocol`` at ``url`` (before any measuring: a gRPC port given as --http-url
+    was an aiohttp traceback after the gRPC runs)."""
+    from resnet_serve.client.sync import Connection
+
+    connection = Connection(url, protocol, 10.0)
+    try:
+        connection.call(connection.client.is_server_live)
+    except ResnetServeError as exc:
+        raise UsageError(
+            f"{flag} {url}: {exc}; --url takes the server's gRPC port (8001 by default), --http-url its HTTP port "
+            "(8000)"
+        ) from None
+    finally:
+        connection.close()
+
+
 @contextmanager
 def server_urls(args, ctx: Context):
     """(gRPC URL, HTTP URL or None): the given server's, or the embedded server's on free ports."""
@@ -174,6 +191,11 @@ def benchmark(args) -> int:
         from resnet_serve.benchmarks import soak
 
         return soak.main(args, ctx)
+    needs_server = suite.served and (suite.concurrency or suite.accuracy or suite.transport)
+    if needs_server and args.url:  # a wrong port fails now, not after the offline runs
+        for flag, url, protocol in (("--url", args.url, "grpc"), ("--http-url", args.http_url, "http")):
+            if url:
+                check_live(flag, url, protocol)
     out = args.out or Path("benchmarks") / "results" / suite.name
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {
@@ -201,7 +223,6 @@ def benchmark(args) -> int:
         from resnet_serve.benchmarks.offline import run_offline
 
         results["offline"] = run_offline(ctx)
-    needs_server = suite.served and (suite.concurrency or suite.accuracy or suite.transport)
     if needs_server:
         with server_urls(args, ctx) as (grpc_url, http_url):
             if suite.concurrency:

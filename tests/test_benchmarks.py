@@ -214,6 +214,18 @@ def test_bad_benchmark_arguments(tmp_path, caplog):
     assert exit_info.value.code == 2
 
 
+def test_a_server_url_on_the_wrong_port_is_refused_before_measuring(triton, tmp_path, caplog):
+    """Before: --http-url given the gRPC port ran the gRPC load, then died on an aiohttp traceback."""
+    out = tmp_path / "out"
+    common = ["--suite", "served", "--models", "resnet20", "--duration", "1", "--out", str(out)]
+    assert bench.main([*common, "--url", triton.grpc_url, "--http-url", triton.grpc_url]) == 2
+    assert f"--http-url {triton.grpc_url}: cannot reach the Triton server at {triton.grpc_url} over http" in caplog.text
+    assert bench.main([*common, "--url", triton.http_url]) == 2
+    assert f"--url {triton.http_url}: cannot reach the Triton server at {triton.http_url} over grpc" in caplog.text
+    assert "--url takes the server's gRPC port (8001 by default), --http-url its HTTP port" in caplog.text
+    assert not out.exists()  # refused before any measuring
+
+
 def test_run_py_is_a_script():
     import subprocess
 
