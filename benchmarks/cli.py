@@ -219,6 +219,9 @@ def benchmark(args) -> int:
     }
     if suite.offline or (suite.accuracy and suite.offline_accuracy):
         load_exports(ctx, tune=not args.url)
+    if needs_server:  # a repository without the suite's networks fails now, not after the offline runs
+        for model in suite.models:
+            ctx.index.network(model)
     if suite.offline:
         from resnet_serve.benchmarks.offline import run_offline
 

@@ -226,6 +226,28 @@ def test_a_server_url_on_the_wrong_port_is_refused_before_measuring(triton, tmp_
     assert not out.exists()  # refused before any measuring
 
 
+def test_a_repository_without_the_suites_networks_is_refused_before_the_offline_runs(
+    default_repository, tmp_path, caplog, monkeypatch
+):
+    from resnet_serve.benchmarks import offline
+
+    def measure(*args, **kwargs):
+        raise AssertionError("the offline runs began before the repository was read")
+
+    monkeypatch.setattr(offline, "run_offline", measure)
+    (tmp_path / "repo").mkdir()
+    argv = [
+        "--suite",
+        "quick",
+        "--build-dir",
+        str(default_repository / "build"),
+        "--repository",
+        str(tmp_path / "repo"),
+    ]
+    assert bench.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert "the model repository serves no resnet20 (it serves: none); export it first" in caplog.text
+
+
 def test_run_py_is_a_script():
     import subprocess
 
