@@ -40,6 +40,18 @@ def setup_logging(*, verbose: bool = False, brief: bool = False, quiet: Iterable
     root.setLevel(logging.DEBUG if verbose else (logging.WARNING if brief else logging.INFO))
     for name in (*NOISY, *quiet):
         logging.getLogger(name).setLevel(logging.WARNING)
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _StopInTask) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_StopInTask())
+
+
+class _StopInTask(logging.Filter):
+    """A stop signal's SystemExit (``_unwind``) raised while an asyncio task runs (a load generator's worker)
+    ends that task with it; asyncio then reports the task as 'exception was never retrieved', with a
+    traceback, when it is collected during clean-up. The stop is being handled: that report is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[0] is SystemExit)
 
 
 def run(
