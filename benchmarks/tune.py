@@ -938,8 +938,18 @@ def run(args) -> int:
     export_dir = settings.build_dir(args.build_dir) / args.model
     if not (export_dir / "export.json").is_file():
         raise UsageError(f"no export of {args.model} in {export_dir}; run python -m export first")
-    large = size_class(ExportSummary.load(export_dir).model.spec) == "large"
-    options = options_from(args, large)
+    spec = ExportSummary.load(export_dir).model.spec
+    options = options_from(args, size_class(spec) == "large")
+    most = host_profile().max_batch(spec)
+    if options.images_per_request > most:  # Triton would refuse every request (errors only, no figure)
+        raise UsageError(
+            f"--images-per-request {options.images_per_request} is more than a served {args.model} model takes in "
+            f"one request (max_batch_size {most}); pass at most {most}"
+        )
+    if args.sample_image:  # found only when the first candidate repository was written, before
+        if not args.sample_image.is_file():
+            raise UsageError(f"--sample-image {args.sample_image} is not a file; pass an image, or leave it out")
+        preprocess_pixels(args.sample_image.read_bytes(), spec, source=str(args.sample_image))
     out = args.out or Path("benchmarks") / "results" / "tune" / args.model
     result = tune(
         export_dir, repository, options, data_dir=args.eval_data, sample_image=args.sample_image, report=out / "tune.md"

@@ -556,6 +556,27 @@ def test_a_repository_the_winner_cannot_go_into_is_refused_before_measuring(tmp_
         RepositoryIndex.load(tmp_path / "repo")
 
 
+def test_requests_larger_than_a_batch_and_a_bad_sample_image_are_refused_before_measuring(
+    default_repository, tmp_path, caplog, monkeypatch
+):
+    """Before: --images-per-request 100000 measured every candidate at 0 img/s (Triton refused each request),
+    and an undecodable --sample-image failed only when the first candidate repository was written."""
+
+    def measure(*args, **kwargs):
+        raise AssertionError("tune began measuring")
+
+    monkeypatch.setattr(tune, "tune", measure)
+    argv = ["--model", "resnet20", "--no-write", "--build-dir", str(default_repository / "build"), "--quick"]
+    assert tune.main([*argv, "--images-per-request", "100000"]) == 2
+    assert "--images-per-request 100000 is more than a served resnet20 model takes in one request" in caplog.text
+    assert "(max_batch_size 256); pass at most 256" in caplog.text
+    (tmp_path / "a.jpg").write_text("hi")
+    assert tune.main([*argv, "--sample-image", str(tmp_path / "a.jpg")]) == 2
+    assert "a.jpg: not a decodable image (2 bytes" in caplog.text
+    assert tune.main([*argv, "--sample-image", str(tmp_path / "none.jpg")]) == 2
+    assert "--sample-image " + str(tmp_path / "none.jpg") + " is not a file" in caplog.text
+
+
 def test_the_index_is_replaced_whole_and_leaves_no_partial_file(tmp_path):
     """Written to a side file and renamed: a run killed mid-write keeps the previous index readable."""
     first = RepositoryIndex()
