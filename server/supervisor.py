@@ -21,6 +21,7 @@ stays green. So the only trustworthy signal is an inference:
 from __future__ import annotations
 
 import contextlib
+import http.client as http_lib
 import io
 import logging
 import os
@@ -102,7 +103,8 @@ def probe(client, model: str, config: dict | None = None) -> ProbeResult:
         bad = [o for o in outputs if o is not None and o.dtype.kind == "f" and not np.isfinite(o).all()]
         if bad:
             return ProbeResult(model, False, time.monotonic() - start, "answered with NaN or infinite values")
-    except (InferenceServerException, OSError, ValueError, KeyError) as exc:
+    except (InferenceServerException, OSError, ValueError, KeyError, http_lib.HTTPException) as exc:
+        # HTTPException: geventhttpclient's parse errors, e.g. a gRPC port given as the HTTP URL
         reason = exc.message() if isinstance(exc, InferenceServerException) else f"{type(exc).__name__}: {exc}"
         return ProbeResult(model, False, time.monotonic() - start, (reason or type(exc).__name__).strip())
     return ProbeResult(model, True, time.monotonic() - start)

@@ -363,3 +363,15 @@ def test_free_ports_are_distinct_and_avoid_the_given_ones():
     config.resolve_ports()
     assert config.grpc_port == ports[0]
     assert len({config.http_port, config.grpc_port, config.metrics_port}) == 3
+
+
+def test_health_on_the_grpc_port_reports_unhealthy_without_a_traceback(triton, capsys):
+    """Before: the HTTP probe's parse error on a gRPC port (geventhttpclient's HTTPParseError, an
+    http.client.HTTPException) escaped probe() as a traceback; the supervisor runs the same probe."""
+    from resnet_serve.server.health import main as health_main
+
+    assert health_main(["--url", triton.grpc_url, "--model", "resnet20", "--timeout", "5"]) == 1
+    out = capsys.readouterr()
+    assert "resnet20" in out.out and "FAILED" in out.out and "HTTPParseError" in out.out
+    assert f"unhealthy: 1 of 1 models did not answer at {triton.grpc_url}" in out.err
+    assert health_main(["--url", triton.http_url, "--model", "resnet20"]) == 0
