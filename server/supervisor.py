@@ -224,8 +224,8 @@ class Supervisor:
                     response.read()
             except urllib.error.HTTPError as exc:
                 return f"{action} answered {exc.code}: {exc.read()[:200].decode(errors='replace')}"
-            except OSError as exc:
-                return f"{action} failed: {exc}"
+            except (OSError, http_lib.HTTPException) as exc:  # refused, reset, or cut off mid-answer
+                return f"{action} failed: {type(exc).__name__}: {exc}"
         return None
 
     def restart(self, stop: threading.Event | None = None) -> bool:
