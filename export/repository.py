@@ -482,7 +482,7 @@ def _staging(repository: Path) -> Iterator[Path]:
 def _publish(stage: Path, repository: Path, network: index.ServedNetwork) -> None:
     """Move each staged model folder into ``repository``, replacing the folder of that name: two renames, so
     a model there is whole, old or new, however the run ends (a stop in the microseconds between them leaves
-    it absent, and the next start names it). Steps go before the ensembles that call them, the ``<arch>``
+    it absent until the next write). Steps go before the ensembles that call them, the ``<arch>``
     model last, so a run stopped midway leaves no ensemble naming a step that is not there."""
     ensembles = {engine.ensemble for engine in network.engines}
     replaced = stage / ".replaced"
