@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--timeout", type=cli.positive_float, default=30.0, help="seconds per request (default 30)")
     common.add_argument("--json", action="store_true", help="machine-readable output (one JSON object per line)")
     common.add_argument("--api-key-file", type=Path, help="the server's API key (default: build/server.key if any)")
-    common.add_argument("--tls-ca", type=Path, help="gRPC over TLS: the CA certificate that signed the server's")
+    common.add_argument("--tls-ca", type=Path, help="gRPC over TLS: the CA (PEM) of the server's certificate")
     common.add_argument("--tls-cert", type=Path, help="mutual TLS: this client's certificate (PEM)...")
     common.add_argument("--tls-key", type=Path, help="...and its private key")
     sub = parser.add_subparsers(dest="command", required=True)
