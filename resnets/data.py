@@ -14,6 +14,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,9 +90,21 @@ def load_image_file(path: Path, spec: DatasetSpec) -> np.ndarray:
     return resize_center_crop(decode_image(path.read_bytes(), source=str(path)), spec)
 
 
-def load_image_folder_arrays(root: str | Path, spec: DatasetSpec = CIFAR10) -> ArrayDataset:
-    """Decode a whole ImageFolder tree into memory (for small images such as CIFAR)."""
+def load_image_folder_arrays(
+    root: str | Path, spec: DatasetSpec = CIFAR10, expected_classes: Sequence[str] | None = None
+) -> ArrayDataset:
+    """Decode a whole ImageFolder tree into memory (for small images such as CIFAR); with
+    ``expected_classes``, its class folders are checked against them before anything is decoded."""
     classes, samples = scan_image_folder(root)
+    if expected_classes is not None and classes != sorted(expected_classes):
+        missing = sorted(set(expected_classes) - set(classes))
+        extra = sorted(set(classes) - set(expected_classes))
+        problems = ([f"missing {missing}"] if missing else []) + ([f"not expected {extra}"] if extra else [])
+        raise DataLayoutError(
+            f"{root} has class folders {classes} ({'; '.join(problems)}): labels are read from the folder names, "
+            f"so each class needs its folder, named as the class is ({', '.join(expected_classes)}); rename or add "
+            "the folders"
+        )
     side = spec.image_size
     images = np.empty((len(samples), side, side, 3), np.uint8)
     for i, (path, _) in enumerate(progress(samples, f"decoding {root}")):
@@ -174,13 +187,7 @@ def load_cifar10(data_dir: str | Path, split: str = "train", download: bool = Fa
     if download:
         download_cifar10(root)
     if (root / split).is_dir():
-        data = load_image_folder_arrays(root / split, CIFAR10)
-        if data.classes != list(CIFAR10_CLASSES):
-            raise DataLayoutError(
-                f"{root / split} has class folders {data.classes}, expected the CIFAR-10 classes "
-                f"{list(CIFAR10_CLASSES)}"
-            )
-        return data
+        return load_image_folder_arrays(root / split, CIFAR10, expected_classes=CIFAR10_CLASSES)
     batches = find_cifar_batches(root)
     if batches is not None:
         return _load_cifar_batches(batches, split)

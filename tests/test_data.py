@@ -112,9 +112,14 @@ def test_wrong_layouts_say_what_is_expected(tmp_path):
     with pytest.raises(DataLayoutError, match="does not exist"):
         load_cifar10(tmp_path / "nowhere", "test")
     wrong = tmp_path / "wrong" / "test"
-    make_image_folder(wrong, {"apples": [((32, 32), "RGB", "png")], "pears": [((32, 32), "RGB", "png")]})
-    with pytest.raises(DataLayoutError, match="expected the CIFAR-10 classes"):
+    make_image_folder(wrong, {"apples": [((32, 32), "RGB", "png")], "cat": [((32, 32), "RGB", "png")]})
+    (wrong / "cat" / "cut.png").write_bytes(b"\x89PNG")  # the names are checked before anything is decoded
+    with pytest.raises(DataLayoutError) as refused:
         load_cifar10(tmp_path / "wrong", "test")
+    text = str(refused.value)
+    assert "has class folders ['apples', 'cat'] (missing ['airplane', 'automobile', 'bird', 'deer'" in text
+    assert "not expected ['apples']): labels are read from the folder names" in text
+    assert "rename or add the folders" in text
     empty = tmp_path / "empty"
     (empty / "cls").mkdir(parents=True)
     with pytest.raises(DataLayoutError, match="no image files"):
