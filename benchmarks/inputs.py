@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_serve.resnets.data import load_cifar10, scan_image_folder
-from resnet_serve.resnets.spec import DatasetSpec, encode_png, normalize, preprocess_pixels
+from resnet_serve.resnets.data import check_class_folders, load_cifar10, scan_image_folder
+from resnet_serve.resnets.spec import CIFAR10_CLASSES, DatasetSpec, encode_png, normalize, preprocess_pixels
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ def cifar_test_split(cifar_dir: Path, spec: DatasetSpec) -> LabelledImages:
     (each image sent as lossless PNG, so the server decodes exactly the pixels evaluated offline)."""
     if (cifar_dir / "test").is_dir():
         classes, samples = scan_image_folder(cifar_dir / "test")
+        check_class_folders(cifar_dir / "test", classes, CIFAR10_CLASSES)
         encoded = [path.read_bytes() for path, _ in samples]
         labels = np.array([label for _, label in samples])
         pixels = np.stack(

@@ -56,9 +56,9 @@ from resnet_serve.export.repository import (
     write_repository,
 )
 from resnet_serve.export.summary import ExportSummary
-from resnet_serve.resnets.data import scan_image_folder
+from resnet_serve.resnets.data import scan_labelled_folder
 from resnet_serve.resnets.env import environment, host_capabilities
-from resnet_serve.resnets.spec import normalize, preprocess_pixels
+from resnet_serve.resnets.spec import CIFAR10_CLASSES, normalize, preprocess_pixels
 from resnet_serve.scratch import scratch_dir
 from resnet_serve.server import running
 from resnet_serve.server.index import RepositoryIndex, classifier_of
@@ -203,13 +203,16 @@ def held_out_images(summary: ExportSummary, limit: int, data_dir: Path | None) -
     if data_dir is None and spec.name == "cifar10":  # the test split, as files or the official batches
         split = cifar_test_split(settings.cifar_dir(), spec)
         order = np.random.default_rng(0).permutation(len(split.encoded))[:limit]
-        return HeldOut([split.encoded[i] for i in order], split.labels[order], split.pixels[order], split.source)
+        # labelled only for a model of CIFAR-10's classes: another 10-class model of CIFAR's sizes (its own
+        # labels) is checked by agreement with FP32 on these images
+        labels = split.labels[order] if summary.labels() == list(CIFAR10_CLASSES) else None
+        return HeldOut([split.encoded[i] for i in order], labels, split.pixels[order], split.source)
     data_dir = Path(data_dir or settings.imagenet_sample_dir())
     if not data_dir.is_dir():
         raise UsageError(f"held-out images for {spec.name}: {data_dir} does not exist; pass --eval-data DIR")
     subfolders = [d for d in data_dir.iterdir() if d.is_dir()]
     if subfolders:
-        _, samples = scan_image_folder(data_dir)
+        _, samples = scan_labelled_folder(data_dir, summary.labels())
         order = np.random.default_rng(0).permutation(len(samples))[:limit]
         files, labels = [samples[i][0] for i in order], np.array([samples[i][1] for i in order])
     else:

@@ -41,7 +41,14 @@ from resnet_serve.resnets.data import find_cifar_batches, load_cifar10, load_ima
 from resnet_serve.resnets.env import environment
 from resnet_serve.resnets.metrics import accuracy_report, top1_agreement_pct
 from resnet_serve.resnets.models import ResNet, ZeroPadShortcut, arch_spec, build
-from resnet_serve.resnets.spec import INPUT_NAME, DatasetSpec, normalize, read_labels, resize_center_crop
+from resnet_serve.resnets.spec import (
+    CIFAR10_CLASSES,
+    INPUT_NAME,
+    DatasetSpec,
+    normalize,
+    read_labels,
+    resize_center_crop,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +228,7 @@ def check_option_a(config: ExportConfig, loaded: LoadedModel) -> dict | str | No
     model = loaded.model
     if model is None or model.option_a is None:
         return None
-    data = eval_data(config, loaded.spec) if config.evaluate else None
+    data = eval_data(config, loaded.spec, loaded.labels) if config.evaluate else None
     if data is None:
         if loaded.record.option_a_source == "--option-a":
             log.warning("option-A zeros %r not checked: no labelled evaluation data (pass --eval-data)", model.option_a)
@@ -317,25 +324,28 @@ def build_tensorrt_ready(ctx: BuildContext) -> tuple[TensorRTReady | None, list[
 _EVAL_CACHE: dict[tuple, tuple] = {}
 
 
-def eval_data(config: ExportConfig, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray, list[str], Path] | None:
+def eval_data(
+    config: ExportConfig, spec: DatasetSpec, labels: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str], Path] | None:
     """The labelled evaluation images (float32 NCHW, preprocessed by the contract), labels, class names and
-    their source: --eval-data, else for a 10-class CIFAR-10 model the CIFAR-10 test split if present."""
+    their source: --eval-data, else for a CIFAR-10 model (its 10 classes and their names) the CIFAR-10 test
+    split if present. Other data is an ImageFolder whose folders are matched to ``labels``, the model's."""
     directory = config.eval_data
-    cifar = spec.name == "cifar10" and spec.num_classes == 10
+    cifar = spec.name == "cifar10" and labels == list(CIFAR10_CLASSES)
     if directory is None and cifar:
         default = settings.cifar_dir()
         if (default / "test").is_dir() or find_cifar_batches(default) is not None:
             directory = default
     if directory is None:
         return None
-    key = (str(directory), spec, config.eval_limit, config.seed)
+    key = (str(directory), spec, tuple(labels), config.eval_limit, config.seed)
     if key not in _EVAL_CACHE:
         if cifar:
             data = load_cifar10(directory, "test")  # 32x32 pixels: cropped and resized only if the contract says so
             if (spec.image_size, spec.resize_size) != (32, 32):
                 data.images = np.stack([resize_center_crop(Image.fromarray(x), spec) for x in data.images])
         else:
-            data = load_image_folder_arrays(directory, spec)
+            data = load_image_folder_arrays(directory, spec, labels=labels)
         images, labels = data.images, data.labels
         if config.eval_limit:
             keep = np.sort(np.random.default_rng(config.seed).permutation(len(labels))[: config.eval_limit])
@@ -353,7 +363,7 @@ def evaluate(
     candidates: list[Candidate],
 ) -> tuple[dict | str, dict]:
     """Accuracy and parity of every engine (and calibration candidate) against the FP32 reference."""
-    data = eval_data(config, loaded.spec)
+    data = eval_data(config, loaded.spec, loaded.labels)
     if data is None:
         return "skipped: no evaluation data (pass --eval-data)", {}
     images, labels, classes, source = data

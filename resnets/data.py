@@ -90,21 +90,77 @@ def load_image_file(path: Path, spec: DatasetSpec) -> np.ndarray:
     return resize_center_crop(decode_image(path.read_bytes(), source=str(path)), spec)
 
 
-def load_image_folder_arrays(
-    root: str | Path, spec: DatasetSpec = CIFAR10, expected_classes: Sequence[str] | None = None
-) -> ArrayDataset:
-    """Decode a whole ImageFolder tree into memory (for small images such as CIFAR); with
-    ``expected_classes``, its class folders are checked against them before anything is decoded."""
-    classes, samples = scan_image_folder(root)
-    if expected_classes is not None and classes != sorted(expected_classes):
-        missing = sorted(set(expected_classes) - set(classes))
-        extra = sorted(set(classes) - set(expected_classes))
-        problems = ([f"missing {missing}"] if missing else []) + ([f"not expected {extra}"] if extra else [])
+def check_class_folders(root: str | Path, classes: Sequence[str], expected: Sequence[str]) -> None:
+    """``root``'s class folders are exactly ``expected`` (a dataset whose labels are its folder names, e.g.
+    CIFAR-10 as JPEG files), or an error that names the missing and the unexpected ones."""
+    if sorted(classes) == sorted(expected):
+        return
+    missing = sorted(set(expected) - set(classes))
+    extra = sorted(set(classes) - set(expected))
+    problems = ([f"missing {missing}"] if missing else []) + ([f"not expected {extra}"] if extra else [])
+    raise DataLayoutError(
+        f"{root} has class folders {sorted(classes)} ({'; '.join(problems)}): labels are read from the folder "
+        f"names, so each class needs its folder, named as the class is ({', '.join(expected)}); rename or add "
+        "the folders"
+    )
+
+
+SPLIT_NAMES = {"train", "test", "val", "valid", "validation"}
+
+
+def scan_labelled_folder(root: str | Path, labels: Sequence[str]) -> tuple[list[str], list[tuple[Path, int]]]:
+    """An ImageFolder tree of labelled images for a model whose classes are ``labels``: (``labels``, and each
+    image with its class index in them). Folders named as labels are matched by name (in any order; a subset
+    of the classes is fine). Where no folder is named as a label (ImageNet's wnid folders beside a class index
+    of names, or labels class_0 ..), the folders in sorted order are classes 0, 1, ..., as torchvision's
+    ImageFolder numbers them. Folders of which only some are labels are refused: the rest would be guessed."""
+    folders, samples = scan_image_folder(root)
+    index: dict[str, int] = {}
+    for i, name in enumerate(labels):
+        index.setdefault(name, i)
+    unknown = [f for f in folders if f not in index]
+    if len(unknown) < len(folders):  # some folders are named as labels: all must be
+        if unknown:
+            raise DataLayoutError(
+                f"{root}: class folders {unknown} are not among the model's {len(labels)} labels, while "
+                f"{len(folders) - len(unknown)} other folders are; name each folder as the label of the images "
+                "it holds (the model's labels are in labels.txt beside its export), or move it out"
+            )
+        return list(labels), [(path, index[folders[k]]) for path, k in samples]
+    splits = sorted(set(folders) & SPLIT_NAMES)
+    if splits:
         raise DataLayoutError(
-            f"{root} has class folders {classes} ({'; '.join(problems)}): labels are read from the folder names, "
-            f"so each class needs its folder, named as the class is ({', '.join(expected_classes)}); rename or add "
-            "the folders"
+            f"{root} holds split folders ({', '.join(splits)}), not class folders; pass the split to use, e.g. "
+            f"{Path(root) / splits[0]}"
         )
+    if len(folders) > len(labels):
+        raise DataLayoutError(
+            f"{root} has {len(folders)} class folders but the model scores {len(labels)} classes, and no folder is "
+            f"named as one of its labels ({', '.join(labels[:3])}, ...); name each folder as the label of the "
+            "images it holds"
+        )
+    log.info(
+        "%s: no class folder is named as a label; folders in sorted order are classes 0..%d", root, len(folders) - 1
+    )
+    return list(labels), samples
+
+
+def load_image_folder_arrays(
+    root: str | Path,
+    spec: DatasetSpec = CIFAR10,
+    *,
+    expected_classes: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+) -> ArrayDataset:
+    """Decode a whole ImageFolder tree into memory (for small images such as CIFAR). Its class folders are
+    checked before anything is decoded: with ``expected_classes`` they must be those; with ``labels`` (a
+    model's) they are matched to them (``scan_labelled_folder``); else they are the classes in sorted order."""
+    if labels is not None:
+        classes, samples = scan_labelled_folder(root, labels)
+    else:
+        classes, samples = scan_image_folder(root)
+        if expected_classes is not None:
+            check_class_folders(root, classes, expected_classes)
     side = spec.image_size
     images = np.empty((len(samples), side, side, 3), np.uint8)
     for i, (path, _) in enumerate(progress(samples, f"decoding {root}")):

@@ -8,7 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_serve.resnets.data import DataLayoutError, download_cifar10, load_cifar10, load_image_folder_arrays
+from resnet_serve.resnets.data import (
+    DataLayoutError,
+    download_cifar10,
+    load_cifar10,
+    load_image_folder_arrays,
+    scan_labelled_folder,
+)
 from resnet_serve.resnets.spec import CIFAR10, CIFAR10_CLASSES, IMAGENET, ImageError
 from resnet_serve.resnets.tensors import ImageFolderDataset, random_crop_flip, to_tensor_nchw
 
@@ -124,6 +130,36 @@ def test_wrong_layouts_say_what_is_expected(tmp_path):
     (empty / "cls").mkdir(parents=True)
     with pytest.raises(DataLayoutError, match="no image files"):
         ImageFolderDataset(empty, IMAGENET)
+
+
+def test_labelled_folders_are_matched_to_the_model_labels_by_name(tmp_path):
+    """A model's classes in its own order (here not sorted): folder 'cat' holds class 1 whatever its place
+    in the folder list. Before, every ImageFolder was numbered in sorted folder order, so a model trained
+    with labels [dog, cat, bird] was scored against swapped labels without a word."""
+    tree = tmp_path / "named"
+    make_image_folder(tree, {"cat": [((8, 8), "RGB", "png")], "dog": [((8, 8), "RGB", "png")] * 2})
+    classes, samples = scan_labelled_folder(tree, ["dog", "cat", "bird"])
+    assert classes == ["dog", "cat", "bird"]
+    assert sorted((path.parent.name, label) for path, label in samples) == [("cat", 1), ("dog", 0), ("dog", 0)]
+    data = load_image_folder_arrays(tree, CIFAR10, labels=["dog", "cat", "bird"])
+    assert data.classes == ["dog", "cat", "bird"] and sorted(data.labels.tolist()) == [0, 0, 1]
+
+    # no folder named as a label (ImageNet's wnid folders, labels from a class index): sorted order, as
+    # torchvision's ImageFolder numbers them
+    wnids = tmp_path / "wnids"
+    make_image_folder(wnids, {"n02": [((8, 8), "RGB", "png")], "n01": [((8, 8), "RGB", "png")]})
+    classes, samples = scan_labelled_folder(wnids, ["tench", "goldfish", "shark"])
+    assert classes == ["tench", "goldfish", "shark"]
+    assert sorted((path.parent.name, label) for path, label in samples) == [("n01", 0), ("n02", 1)]
+
+    # some folders named as labels, some not: refused (the rest would be guessed), before any decoding
+    (tree / "kat").mkdir()
+    (tree / "kat" / "cut.png").write_bytes(b"\x89PNG")
+    with pytest.raises(DataLayoutError, match=r"class folders \['kat'\] are not among the model's 3 labels, while 2"):
+        load_image_folder_arrays(tree, CIFAR10, labels=["dog", "cat", "bird"])
+    # more folders than the model has classes, none named as a label
+    with pytest.raises(DataLayoutError, match="has 2 class folders but the model scores 1 classes, and no folder"):
+        scan_labelled_folder(wnids, ["tench"])
 
 
 def test_corrupt_image_names_the_file(tmp_path):

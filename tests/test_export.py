@@ -18,11 +18,12 @@ from resnet_serve.export import __main__ as export_cli
 from resnet_serve.export.config import ExportConfig
 from resnet_serve.export.fusion import onnx_graph_counts, source_graph
 from resnet_serve.export.onnx_export import OPSET, export_onnx, fold_conv_bn, prepare_for_export, zero_pad_as_conv
-from resnet_serve.export.pipeline import run_export
+from resnet_serve.export.pipeline import eval_data, run_export
 from resnet_serve.export.summary import ExportSummary
 from resnet_serve.resnets.checkpoint import load_checkpoint
+from resnet_serve.resnets.data import DataLayoutError
 from resnet_serve.resnets.models import ZeroPadShortcut
-from resnet_serve.resnets.spec import CIFAR10, normalize
+from resnet_serve.resnets.spec import CIFAR10, CIFAR10_CLASSES, normalize
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -104,6 +105,32 @@ def test_ort_folds_batchnorm_left_in_the_graph(tmp_path):
     assert source_graph(path)["batchnorm"] == 19
     OnnxRuntimeEngine(path, threads=1, optimized_model_path=tmp_path / "opt.onnx")
     assert onnx_graph_counts(tmp_path / "opt.onnx", "ort", 9).batchnorm == 0
+
+
+def test_evaluation_data_is_labelled_by_the_model_labels(tmp_path, cifar_jpg):
+    """A model of CIFAR-10's sizes and 10 classes but labels of its own is not scored on CIFAR-10's test
+    split (before: it was, against CIFAR's classes, without a word); its own ImageFolder is matched to its
+    labels by folder name, whatever their order."""
+    labels = ["tulip", "rose", "daisy", "iris", "lily", "orchid", "poppy", "aster", "lotus", "peony"]
+    assert eval_data(ExportConfig(checkpoint=None, out=tmp_path / "o"), CIFAR10, labels) is None
+    with pytest.raises(DataLayoutError, match=r"holds split folders \(test, train\), not class folders; pass"):
+        eval_data(ExportConfig(checkpoint=None, out=tmp_path / "o", eval_data=cifar_jpg), CIFAR10, labels)
+    flowers = tmp_path / "flowers"
+    for name, source in (("rose", "cat"), ("tulip", "dog")):
+        (flowers / name).mkdir(parents=True)
+        for path in sorted((cifar_jpg / "test" / source).iterdir())[:2]:
+            (flowers / name / path.name).write_bytes(path.read_bytes())
+    images, targets, classes, source = eval_data(
+        ExportConfig(checkpoint=None, out=tmp_path / "o", eval_data=flowers), CIFAR10, labels
+    )
+    assert images.shape == (4, 3, 32, 32) and classes == labels and source == flowers
+    assert sorted(targets.tolist()) == [0, 0, 1, 1]  # tulip is class 0, rose class 1 (sorted order: rose first)
+    cifar = eval_data(
+        ExportConfig(checkpoint=None, out=tmp_path / "o", eval_data=cifar_jpg, eval_limit=8),
+        CIFAR10,
+        list(CIFAR10_CLASSES),
+    )
+    assert cifar is not None and cifar[2] == list(CIFAR10_CLASSES) and len(cifar[1]) == 8
 
 
 @pytest.fixture(scope="module")

@@ -372,6 +372,26 @@ def test_a_winner_that_serves_no_more_than_the_default_in_the_final_comparison_i
     assert tune.confirm(None, "noisy: ...", figures, "head to head") == (None, "noisy: ...")  # nothing to withdraw
 
 
+def test_held_out_images_are_labelled_only_by_the_model_labels(default_repository, cifar_jpg, tmp_path, monkeypatch):
+    """A CIFAR-sized model with labels of its own is checked by agreement on the CIFAR-10 test images, not
+    scored against CIFAR-10's classes (before: it was); an ImageFolder of its own is matched by folder name."""
+    from resnet_serve.export.summary import ExportSummary
+
+    summary = ExportSummary.load(default_repository / "build" / "resnet20")
+    assert tune.held_out_images(summary, 16, None).labels is not None  # the CIFAR-10 classes: labelled
+    labels = ["tulip", "rose", "daisy", "iris", "lily", "orchid", "poppy", "aster", "lotus", "peony"]
+    monkeypatch.setattr(summary, "labels", lambda: labels)
+    held = tune.held_out_images(summary, 16, None)
+    assert held.labels is None and len(held.encoded) == 16
+    flowers = tmp_path / "flowers"
+    for name, source in (("rose", "cat"), ("tulip", "dog")):
+        (flowers / name).mkdir(parents=True)
+        for path in sorted((cifar_jpg / "test" / source).iterdir())[:3]:
+            (flowers / name / path.name).write_bytes(path.read_bytes())
+    held = tune.held_out_images(summary, 16, flowers)
+    assert sorted(held.labels.tolist()) == [0, 0, 0, 1, 1, 1]  # tulip is class 0, rose class 1
+
+
 def test_cpu_split_measures_the_leaders_work_apart_and_gives_the_rest_to_sharing_the_cores(default_repository):
     from resnet_serve.export.summary import ExportSummary
 
