@@ -694,12 +694,17 @@ def tune(
     c0 = lead.candidate
     in_flight = options.concurrency * options.images_per_request
     most = min(cores, MAX_INSTANCES)  # each instance is a Python process holding its own engine
-    splits = sorted({(1, cores, 1), (2, max(1, cores // 2), 1), (most, max(1, cores // most), 1)})
+    # (instances, threads, streams, batches in flight per instance)
+    splits = sorted({(1, cores, 1, 1), (2, max(1, cores // 2), 1, 1), (most, max(1, cores // most), 1, 1)})
     if c0.engine.startswith("openvino") and cores > 1:  # one instance, its batch cut across streams
-        splits.append((1, cores, min(cores, in_flight)))
+        splits.append((1, cores, min(cores, in_flight), 1))
+    if in_flight > 1:
+        # one instance, two batches in flight: the engine runs one while the client and the server turn
+        # the other's answers into new requests (with every request in one batch they take turns)
+        splits.append((1, cores, 1, 2))
     stage2 = []
-    for instances, threads, streams in splits:
-        preferred = (max(1, min(base.max_batch(spec), in_flight // instances)),)
+    for instances, threads, streams, batches in splits:
+        preferred = (max(1, min(base.max_batch(spec), in_flight // (instances * batches))),)
         for delay in options.delays_us:
             c = Candidate(c0.engine, c0.path, instances, threads, delay, preferred, c0.protocol, streams)
             if c != replace(c0, role=""):
