@@ -5,7 +5,8 @@ across them. With ``streams`` > 1 OpenVINO keeps that many streams of ``threads 
 batch is cut into that many parts run side by side. Same work, but a stream's thread waits for its next
 part asleep, while the threads of one wide stream spin for about a millisecond after every batch (measured:
 a 16-image ResNet-20 batch every ~1 ms cost 3.4 ms of CPU with one stream of 2 threads, 2.2 ms with two
-streams of 1), CPU that a server's other work on the same cores needs. One image still runs on one stream.
+streams of 1; ``python -m benchmarks.idle_wait`` measures it per thread layout), CPU that a server's other
+work on the same cores needs. One image still runs on one stream.
 
 CPU pinning (``pin_threads``): OpenVINO pins its threads to cores by default on Linux, and every process
 picks the same first cores of its affinity mask, so several instances of a Triton model (one process each)

@@ -16,7 +16,7 @@ import math
 import pytest
 
 from resnet_serve.benchmarks import cli as benchmarks_cli
-from resnet_serve.benchmarks import gate, gpu_check, pinning, tune
+from resnet_serve.benchmarks import gate, gpu_check, idle_wait, pinning, tune
 from resnet_serve.client import AsyncClassifier, Classifier
 from resnet_serve.client import cli as client_cli
 from resnet_serve.client.core import RetryPolicy
@@ -77,6 +77,10 @@ CASES = [
     (pinning.build_parser, ["--engine", "x"], "--processes", ["0"], "1"),
     (pinning.build_parser, ["--engine", "x"], "--batch", ["0"], "1"),
     (pinning.build_parser, ["--engine", "x"], "--rounds", ["0"], "1"),
+    (idle_wait.build_parser, ["--engine", "x"], "--seconds", ["0", *NOT_FINITE], "1"),
+    (idle_wait.build_parser, ["--engine", "x"], "--rounds", ["0"], "1"),
+    (idle_wait.build_parser, ["--engine", "x"], "--batch", ["0", "8,x"], "4,8"),
+    (idle_wait.build_parser, ["--engine", "x"], "--pause-ms", ["-1", "0,nan", ",", "x"], "0,0.5"),
     (gpu_check.build_parser, ["run", "out"], "--budget-s", ["0", "-5", "nan"], "60"),
     (gpu_check.build_parser, ["pack"], "--test-limit", ["0"], "16"),
 ]
@@ -248,6 +252,7 @@ OUT_FLAGS = [
     (benchmarks_cli.build_parser, [], "--out"),
     (tune.build_parser, [], "--out"),
     (pinning.build_parser, ["--engine", "x"], "--out"),
+    (idle_wait.build_parser, ["--engine", "x"], "--out"),
     (gpu_check.build_parser, ["pack"], "--out"),
 ]
 

@@ -136,3 +136,39 @@ def test_openvino_threads_are_not_pinned_unless_asked(default_repository, tmp_pa
     assert report["unpinned_over_pinned"] > 0 and report["environment"]["cpu_model"]
     onnx_dir = default_repository / "build" / "resnet20" / "onnxruntime-int8"
     assert pinning.main(["--engine", str(onnx_dir), "--out", str(tmp_path)]) != 0  # not an OpenVINO engine
+
+
+def test_idle_wait_measures_every_thread_layout_back_to_back_and_with_pauses(
+    default_repository, tmp_path, capsys, caplog
+):
+    from resnet_serve.benchmarks import idle_wait
+    from resnet_serve.resnets.env import available_cores
+
+    build = default_repository / "build" / "resnet20"
+    args = ["--engine", str(build / "openvino-int8"), "--engine", str(build / "onnxruntime-int8")]
+    args += ["--batch", "4", "--pause-ms", "0,1", "--seconds", "0.2", "--rounds", "2", "--out", str(tmp_path)]
+    assert idle_wait.main(args) == 0
+    report = json.loads((tmp_path / "idle_wait.json").read_text())
+    cores = available_cores()
+    expected = ["openvino-int8 1 thread", "onnxruntime-int8 1 thread"]
+    if cores > 1:
+        expected += [f"openvino-int8 {cores} threads", f"openvino-int8 {cores} threads in {cores} streams"]
+        expected += [f"onnxruntime-int8 {cores} threads"]
+    assert sorted({r["layout"] for r in report["rows"]}) == sorted(expected)
+    assert len(report["runs"]) == 2 * 2 * len(expected)  # rounds x pauses x layouts, batch 4 only
+    for row in report["rows"]:
+        assert row["img_s"] > 0 and row["cpu_us_per_image"] > 0
+        # what a pause adds is measured against the same layout's back-to-back run; none for the run itself
+        assert (row["cpu_us_added_per_call"] is None) == (row["pause_ms"] == 0)
+    paused = [r for r in report["runs"] if r["pause_ms"] == 1]
+    assert all(r["img_s"] < 4 / 0.001 for r in paused)  # at most one 4-image call per millisecond of pause
+    assert "added CPU us/call" in capsys.readouterr().out
+    assert report["environment"]["cpu_model"] and report["command"].startswith("python -m benchmarks.idle_wait")
+
+    not_cpu = tmp_path / "not-an-engine"
+    not_cpu.mkdir()
+    (not_cpu / "engine.json").write_text(json.dumps({"engine": "tensorrt"}))
+    assert idle_wait.main(["--engine", str(not_cpu), "--out", str(tmp_path)]) == 2
+    assert "is a tensorrt engine; this measures CPU engines" in caplog.text
+    assert idle_wait.main(["--engine", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert "missing is not a folder; pass an exported engine directory" in caplog.text
