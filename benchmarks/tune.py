@@ -314,40 +314,31 @@ def offline_figures(engine: Engine, held: HeldOut, spec, batch: int, seconds: fl
     engine's included)."""
     engine_only = time_engine(engine, normalize(repeat_to(held.pixels, batch), spec), duration_s=seconds)
     done, start, cpu, i = 0, time.perf_counter(), time.process_time(), 0
+    decoding = waiting = 0.0  # CPU seconds: this thread decoding; the process's other threads meanwhile
     while time.perf_counter() - start < seconds:
         chunk = [held.encoded[(i + k) % len(held.encoded)] for k in range(batch)]
-        pixels = np.stack([preprocess_pixels(b, spec) for b in chunk])
-        engine.infer(normalize(pixels, spec))
+        process0, thread0 = time.process_time(), time.thread_time()
+        inputs = normalize(np.stack([preprocess_pixels(b, spec) for b in chunk]), spec)
+        process1, thread1 = time.process_time(), time.thread_time()
+        decoding += thread1 - thread0
+        waiting += max(0.0, (process1 - process0) - (thread1 - thread0))  # the engine's threads, between calls
+        engine.infer(inputs)
         done, i = done + batch, i + batch
     end_to_end = done / (time.perf_counter() - start)
+    total = time.process_time() - cpu
+    per_image = 1e6 / max(1, done)
     return {
         "batch": batch,
         "threads": engine.info()["threads"],
         "engine_img_s": round(engine_only["throughput_img_s"], 1),
         "end_to_end_img_s": round(end_to_end, 1),
-        "end_to_end_cpu_us_per_image": round(1e6 * (time.process_time() - cpu) / max(1, done), 1),
+        "end_to_end_cpu_us_per_image": round(total * per_image, 1),
+        # the same CPU split: decoding and preprocessing, the engine's calls, and what the engine's threads
+        # spent between its calls while this thread decoded the next batch (they wait actively)
+        "decode_cpu_us_per_image": round(decoding * per_image, 1),
+        "engine_calls_cpu_us_per_image": round((total - decoding - waiting) * per_image, 1),
+        "engine_waiting_cpu_us_per_image": round(waiting * per_image, 1),
     }
-
-
-def work_parts(engine: Engine, held: HeldOut, spec, batch: int, seconds: float) -> dict:
-    """CPU per image of the model's two parts alone, in this process: decoding and preprocessing (one
-    thread, no engine call), and the engine on preprocessed batches back to back (every thread of the
-    process). Their sum is below the end-to-end figure by what the engine's threads spend between calls
-    while the next batch is decoded (they wait actively: ``benchmarks.idle_wait``)."""
-    done, start, cpu, i = 0, time.perf_counter(), time.process_time(), 0
-    while time.perf_counter() - start < seconds / 2:
-        chunk = [held.encoded[(i + k) % len(held.encoded)] for k in range(batch)]
-        normalize(np.stack([preprocess_pixels(b, spec) for b in chunk]), spec)
-        done, i = done + batch, i + batch
-    decode = (time.process_time() - cpu) / max(1, done)
-    images = normalize(repeat_to(held.pixels, batch), spec)
-    engine.infer(images)  # warm
-    calls, start, cpu = 0, time.perf_counter(), time.process_time()
-    while calls < 5 or time.perf_counter() - start < seconds / 2:
-        engine.infer(images)
-        calls += 1
-    engine_cpu = (time.process_time() - cpu) / (calls * batch)
-    return {"decode_preprocess": round(1e6 * decode, 1), "engine_back_to_back": round(1e6 * engine_cpu, 1)}
 
 
 def cpu_split(final: list[Measured], summary: ExportSummary, held: HeldOut, spec) -> dict:
@@ -357,8 +348,8 @@ def cpu_split(final: list[Measured], summary: ExportSummary, held: HeldOut, spec
     head), and the rest, lost to the processes taking turns on the cores. A leader that spent only floor +
     work would serve the untuned default's CPU per image over that sum times the default's throughput: a
     rough ceiling of the ratio on this host (the floor runs smaller batches than the leader, so it errs low).
-    The work is split further (``work_parts``): decoding and preprocessing, the engine back to back, and
-    what its threads spent between calls; without that last part the ceiling would be higher still."""
+    The work is split further, from the same measurement: decoding and preprocessing, the engine's calls,
+    and what the engine's threads spent between calls; without that last part the ceiling is higher still."""
     leader, roles = final[0], {m.candidate.role: m for m in final[1:]}
     if FLOOR not in roles or "untuned default" not in roles:
         return {}
@@ -371,17 +362,18 @@ def cpu_split(final: list[Measured], summary: ExportSummary, held: HeldOut, spec
     batch = max(1, round(statistics.median(engine_batches)))
     artifact = next(a for a in summary.artifacts if a.name == c.engine)
     engine = load_engine(artifact.path, threads=c.threads, **({"streams": c.streams} if c.streams > 1 else {}))
-    work = offline_figures(engine, held, spec, batch, 1.5)["end_to_end_cpu_us_per_image"]
-    parts = work_parts(engine, held, spec, batch, 1.5)
+    offline = offline_figures(engine, held, spec, batch, 1.5)
+    work, waiting = offline["end_to_end_cpu_us_per_image"], offline["engine_waiting_cpu_us_per_image"]
     total, floor, default = served(leader), served(roles[FLOOR]), served(roles["untuned default"])
-    busy = parts["decode_preprocess"] + parts["engine_back_to_back"]
+    busy = work - waiting
     return {
         "leader": round(total, 1),
         "serving_floor": round(floor, 1),
         "work_offline": work,
         "work_batch": batch,
-        **parts,
-        "engine_waiting_between_calls": round(work - busy, 1),
+        "decode_preprocess": offline["decode_cpu_us_per_image"],
+        "engine_calls": offline["engine_calls_cpu_us_per_image"],
+        "engine_waiting_between_calls": waiting,
         "lost_sharing_cores": round(total - floor - work, 1),
         "untuned_default": round(default, 1),
         "ceiling_over_untuned_default": round(default / (floor + work), 2),

@@ -97,14 +97,14 @@ def markdown(r: dict) -> str:
                     f"most about {split['ceiling_over_untuned_default']:.2f}x the untuned default "
                     f"({split['untuned_default']:,.0f} us per image) on this host.",
                 ]
-                if "engine_back_to_back" in split:  # reports made before the work was split further have none
+                if "engine_calls" in split:  # reports made before the work was split by thread have none
                     lines[-1] += (
-                        f" The work, measured apart once more: decoding and preprocessing "
-                        f"{split['decode_preprocess']:,.0f}, the engine on batches back to back "
-                        f"{split['engine_back_to_back']:,.0f}, and {split['engine_waiting_between_calls']:,.0f} "
-                        "that the engine's threads spent between its calls while the next batch was decoded "
-                        "(they wait actively: `python -m benchmarks.idle_wait`); a path whose engine did not "
-                        f"wait so would reach about {split['ceiling_without_engine_waiting']:.2f}x."
+                        f" The work, by thread: decoding and preprocessing {split['decode_preprocess']:,.0f}, "
+                        f"the engine's calls {split['engine_calls']:,.0f}, and "
+                        f"{split['engine_waiting_between_calls']:,.0f} that the engine's threads spent between "
+                        "its calls while the next batch was decoded (they wait actively: `python -m "
+                        "benchmarks.idle_wait`); a path whose engine did not wait so would reach about "
+                        f"{split['ceiling_without_engine_waiting']:.2f}x."
                     )
         else:
             lines += [
